@@ -1,0 +1,91 @@
+"""Build litelvlm_kernels._C: the C++ CPU ops always, the CUDA ops when possible.
+
+CUDA is built when torch is a CUDA build (``torch.version.cuda``) and a CUDA
+toolkit is found (``CUDA_HOME``). ``FORCE_CUDA=1`` insists (and fails loudly if
+it cannot), ``USE_CUDA=0`` turns CUDA off. We never look at
+``torch.cuda.is_available()``: a build machine need not have a GPU.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_decision():
+    """Return (build_cuda: bool, reason: str)."""
+    if os.environ.get("USE_CUDA", "1") == "0":
+        return False, "USE_CUDA=0"
+    force = os.environ.get("FORCE_CUDA", "0") == "1"
+    if not torch.version.cuda:
+        reason = f"torch {torch.__version__} is not a CUDA build"
+    elif CUDA_HOME is None:
+        reason = "no CUDA toolkit found (CUDA_HOME unset and nvcc not on PATH)"
+    else:
+        return True, f"torch CUDA {torch.version.cuda}, toolkit at {CUDA_HOME}"
+    if force:
+        raise RuntimeError(f"FORCE_CUDA=1 but CUDA cannot be built: {reason}")
+    return False, reason
+
+
+def _extension():
+    build_cuda, reason = _cuda_decision()
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cxx_flags = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    define_macros = []
+    if build_cuda:
+        print(f"[litelvlm_kernels] building CUDA kernels ({reason})", file=sys.stderr)
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        define_macros.append(("LITELVLM_WITH_CUDA", None))
+        return CUDAExtension(
+            "litelvlm_kernels._C",
+            sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=True,
+        )
+    print(f"[litelvlm_kernels] CUDA kernels skipped: {reason}", file=sys.stderr)
+    return CppExtension(
+        "litelvlm_kernels._C",
+        sources,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
+    )
+
+
+def _triton_requirement():
+    # Triton ships wheels for x86_64/aarch64 Linux only.
+    return "triton; platform_system == 'Linux' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')"
+
+
+setup(
+    name="litelvlm_kernels",
+    version="0.1.0",
+    description="Fused kernels for LiteLVLM text-guided visual token pruning",
+    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # triton_ops/ lives at the top of the repo but installs inside our package,
+    # so it cannot collide with another project's top-level `triton_ops`.
+    packages=find_packages(include=["litelvlm_kernels", "litelvlm_kernels.*"]) + ["litelvlm_kernels.triton_ops"],
+    package_dir={"litelvlm_kernels.triton_ops": "triton_ops"},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+    install_requires=["torch>=2.6", "numpy", _triton_requirement()],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "hf": ["transformers"],
+        "plot": ["matplotlib"],
+    },
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    zip_safe=False,
+)
