@@ -1,0 +1,140 @@
+"""Timing and result rows shared by every benchmark script.
+
+One row per measurement, long format (CONVENTIONS.md item 8):
+op, provider, shape (dict), dtype, p50_ms / p20_ms / p80_ms, device, torch and
+triton versions, timestamp, plus whatever the script adds (GB/s, ratios).
+Markdown tables and plots are drawn from these files by ``benchmarks.report``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+from typing import Callable, Dict, Iterable, List
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+QUANTILES = (0.5, 0.2, 0.8)
+
+
+def device_name(device) -> str:
+    """Human name of the device: the GPU's name, or the CPU model and threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(device) -> str:
+    """File-name-safe name: 'nvidia-h100-80gb-hbm3', 'cpu'."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:  # triton absent or broken: a benchmark row still records that
+        return None
+
+
+def measure(fn: Callable[[], object], device, *, cuda_graph: bool = False,
+            warmup_ms: float = 25.0, rep_ms: float = 100.0, min_runs: int = 10) -> Dict[str, float]:
+    """p50/p20/p80 of ``fn()`` in milliseconds.
+
+    CUDA: ``triton.testing.do_bench`` (or ``do_bench_cudagraph`` when
+    ``cuda_graph``, which takes launch overhead out, as a serving stack would).
+    CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` runs; quantiles
+    over its blocks' per-call times.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        import triton.testing as tt
+
+        if cuda_graph:
+            q = tt.do_bench_cudagraph(fn, rep=rep_ms, quantiles=list(QUANTILES))
+        else:
+            q = tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
+        return {"p50_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
+    if cuda_graph:
+        raise ValueError("cuda_graph=True needs a CUDA device")
+    import torch.utils.benchmark as tb
+
+    fn()  # warm-up: first-call costs (compilation, allocation) are not steady state
+    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=rep_ms / 1000.0)
+    times = sorted(m.times)
+    while len(times) < min_runs:
+        times = sorted(times + timer.blocked_autorange(min_run_time=rep_ms / 1000.0).times)
+    t = torch.tensor(times, dtype=torch.float64) * 1e3
+    qs = torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64))
+    return {"p50_ms": float(qs[0]), "p20_ms": float(qs[1]), "p80_ms": float(qs[2])}
+
+
+def make_row(op: str, provider: str, shape: dict, dtype, timing: Dict[str, float], *,
+             device="cpu", **extra) -> dict:
+    row = {
+        "op": op,
+        "provider": provider,
+        "shape": dict(shape),
+        "dtype": str(dtype).replace("torch.", ""),
+        **timing,
+        "device": device_name(device),
+        "device_type": torch.device(device).type,
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    row.update(extra)
+    return row
+
+
+def write_rows(rows: Iterable[dict], name: str, device="cpu", directory: str = RESULTS_DIR) -> str:
+    """Write rows to ``<directory>/<name>-<device slug>.json`` and return the path."""
+    rows: List[dict] = list(rows)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}-{device_slug(device)}.json")
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+    return path
+
+
+def markdown_table(rows: Iterable[dict], columns: List[str]) -> str:
+    """A plain markdown table of the given columns (shape dicts are flattened)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, r.get("shape", {}).get(c, ""))
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def copy_bandwidth_gbs(device, nbytes: int = 1 << 28) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second, in GB/s).
+
+    The 100% mark of DESIGN.md section 7, measured on the same card as the kernel.
+    """
+    device = torch.device(device)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), device)
+    return 2 * nbytes / (t["p50_ms"] * 1e-3) / 1e9
