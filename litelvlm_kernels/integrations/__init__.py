@@ -1,0 +1,23 @@
+"""Adapters that feed the LiteLVLM ops from models people already use.
+
+``litelvlm_kernels.integrations.hf``: Hugging Face ``transformers`` CLIP towers
+(needs the ``hf`` extra: ``pip install "litelvlm_kernels[hf]"``).
+
+Submodules are imported lazily, so ``import litelvlm_kernels.integrations``
+never requires an optional dependency; touching ``integrations.hf`` (or
+``from litelvlm_kernels.integrations import LiteLVLMPruner``) does.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["hf", "LiteLVLMPruner"]
+
+
+def __getattr__(name):
+    if name == "hf":
+        return importlib.import_module(".hf", __name__)
+    if name == "LiteLVLMPruner":
+        return importlib.import_module(".hf", __name__).LiteLVLMPruner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
