@@ -1,0 +1,281 @@
+"""LLM prefill time with and without visual-token pruning, and pruning's own cost.
+
+What a user of an LVLM (LLaVA-1.5 / GLaMM: CLIP ViT-L/14-336, 576 visual tokens,
+Vicuna-7B) gains from pruning before the LLM: the decoder's prefill over
+576 + text tokens against R + text for R in 192/128/64, plus the time of the
+pruning itself (``litelvlm_kernels.prune``: select + gather on synthetic CLIP
+inputs; the eager ``reference.prune`` beside it), so the end-to-end saving and
+pruning's share of it are visible. FLOPs from ``litelvlm_kernels.flops`` are
+written next to each time.
+
+The decoder is a Hugging Face ``LlamaModel`` with random weights fed random
+``inputs_embeds`` (LVLMs splice projected visual tokens in as embeddings, so no
+embedding lookup and no LM head: the same scope as ``prefill_macs``):
+
+* CUDA: Vicuna-7B shapes (h 4096, 32 layers), fp16, sdpa attention; 13 GB of weights.
+* CPU:  a scaled-down decoder (h 512, h_ff 1376, 4 layers, 8 heads), fp32, so the
+  whole run takes about a minute on 2 cores. The *ratios* are what carries over;
+  the absolute times do not.
+
+    python -m benchmarks.bench_prefill                  # CPU, small decoder
+    python -m benchmarks.bench_prefill --device cuda    # GPU, 7B shapes
+    python -m benchmarks.bench_prefill --device cuda --config small --batch 1 4
+
+Rows (one per measurement, long format, benchmarks/common.py):
+
+* op ``llm_prefill``, provider ``hf-llama-<attn>``: shape {B, visual, text, tokens,
+  hidden, intermediate, layers, heads, kv_heads}; extra ``model``, ``macs``,
+  ``tflops`` (per row of the batch x B), ``macs_percent`` (of the unpruned prefill),
+  ``time_ratio`` (time / time at ``--visual``), ``speedup`` (inverse),
+  ``achieved_tflops``.
+* op ``prune``, provider ``litelvlm`` (the ops) or ``reference`` (eager oracle):
+  shape {B, M, Dv, D, T, R}; extra ``prefill_ms_pruned`` (prefill at R + text),
+  ``prefill_ms_full``, ``share_of_pruned_prefill`` (prune / (prune + prefill at R)),
+  ``end_to_end_speedup`` (prefill full / (prune + prefill at R)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import make_row, measure, write_rows  # noqa: E402
+from litelvlm_kernels.flops import DecoderConfig, prefill_macs  # noqa: E402
+
+#: CPU stand-in: LLaMA-7B's proportions (h_ff / h = 2.6875, head_dim 64..128) at h = 512.
+SMALL = DecoderConfig(hidden=512, intermediate=1376, layers=4, heads=8, kv_heads=8, vocab=1024)
+
+# CLIP ViT-L/14-336 (DESIGN.md section 6)
+CLIP_M, CLIP_DV, CLIP_D, CLIP_P = 576, 1024, 1024, 768
+
+
+def build_decoder(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, attn: str):
+    """A random-weight ``transformers.LlamaModel`` of the given shape, in eval mode."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        vocab_size=cfg.vocab,
+        head_dim=cfg.dim_head,
+        max_position_embeddings=4096,
+        attn_implementation=attn,
+    )
+    old = torch.get_default_dtype()
+    # Build directly in the target dtype and device: 7B in fp32 on the host would
+    # take 26 GB and a minute of initialisation for weights we never train.
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = transformers.LlamaModel(config)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval().requires_grad_(False)
+
+
+def clip_inputs(B: int, T: int, device, dtype, seed: int = 0):
+    """Synthetic CLIP ViT-L/14-336 select-layer / last-layer tensors, [CLS] excluded."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    hidden = r(B, CLIP_M, CLIP_DV)
+    hidden[..., :4] *= 20  # CLIP-like outlier channels
+    return dict(
+        hidden=hidden,
+        q_cls=r(B, CLIP_D),
+        keys=r(B, CLIP_M, CLIP_D),
+        values=r(B, CLIP_M, CLIP_D),
+        text_embeds=r(1, T, CLIP_P),
+        proj_weight=r(CLIP_P, CLIP_DV, scale=CLIP_DV ** -0.5),
+        ln_weight=1 + r(CLIP_DV, scale=0.1),
+        ln_bias=r(CLIP_DV, scale=0.1),
+    )
+
+
+def prune_fns(inp: dict, R: int) -> Dict[str, callable]:
+    """Pruning callables by provider; missing implementations are skipped with a note."""
+    fns = {}
+    try:
+        import litelvlm_kernels as lk
+
+        folded = lk.fold_text(inp["text_embeds"], inp["proj_weight"], inp["ln_weight"], inp["ln_bias"])
+        fns["litelvlm"] = lambda: lk.prune(inp["hidden"], folded, inp["q_cls"], inp["keys"], inp["values"],
+                                           num_retain=R)
+    except Exception as e:  # the ops are not built / not importable: still time the LLM
+        print(f"[bench_prefill] litelvlm_kernels.prune unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    try:
+        from litelvlm_kernels import reference
+
+        def ref():
+            idx, _, _ = reference.prune(inp["hidden"], inp["text_embeds"], inp["proj_weight"], inp["ln_weight"],
+                                        inp["ln_bias"], inp["q_cls"], inp["keys"], inp["values"], R)
+            return torch.gather(inp["hidden"], 1, idx[..., None].expand(-1, -1, inp["hidden"].shape[-1]))
+
+        fns["reference"] = ref
+    except Exception as e:
+        print(f"[bench_prefill] reference.prune unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    return fns
+
+
+def interleaved(fns: Dict[object, callable], device: torch.device, *, rounds: int, rep_ms: float) -> Dict[object, dict]:
+    """p50/p20/p80 of each callable.
+
+    CUDA: ``common.measure`` (do_bench) one after another; the GPU is ours alone.
+    CPU: the callables are timed in turn, round after round (order rotated), and
+    the quantiles taken over each one's per-call times. On a CPU shared with other
+    jobs, load changes over a run; interleaving spreads it over all the
+    configurations instead of charging it to whichever ran during a burst, so the
+    ratios (time at 192 / time at 576) stay meaningful.
+    """
+    if device.type == "cuda":
+        return {k: measure(fn, device, rep_ms=rep_ms) for k, fn in fns.items()}
+    import time
+
+    keys = list(fns)
+    for k in keys:  # warm-up: allocator, oneDNN primitive caches, lazy imports
+        fns[k]()
+    samples: Dict[object, List[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, v in samples.items():
+        t = torch.tensor(v, dtype=torch.float64)
+        q = torch.quantile(t, torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64))
+        out[k] = {"p50_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
+    return out
+
+
+def run(device: str = "cpu", config: str = "auto", visual: int = 576, keeps=(192, 128, 64), text: int = 64,
+        batches=(1,), dtype: Optional[str] = None, attn: str = "sdpa", num_texts: int = 1,
+        use_cache: bool = True, rep_ms: float = 100.0, rounds: int = 15) -> List[dict]:
+    dev = torch.device(device)
+    if config == "auto":
+        config = "vicuna-7b" if dev.type == "cuda" else "small"
+    cfg = SMALL if config == "small" else DecoderConfig.preset(config)
+    dt = getattr(torch, dtype) if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
+    model = build_decoder(cfg, dev, dt, attn)
+    provider = f"hf-llama-{attn}"
+    keeps = [k for k in keeps if k != visual]
+    rows: List[dict] = []
+
+    for B in batches:
+        full_macs = prefill_macs(cfg, visual, text)
+        fns: Dict[tuple, callable] = {}
+        for v in [visual, *keeps]:
+            x = torch.randn(B, v + text, cfg.hidden, device=dev, dtype=dt)
+
+            def fwd(x=x):
+                with torch.inference_mode():
+                    return model(inputs_embeds=x, use_cache=use_cache)
+
+            fns[("llm_prefill", v)] = fwd
+        inp = clip_inputs(B, num_texts, dev, dt)
+        for R in keeps:
+            for prov, fn in prune_fns(inp, R).items():
+                try:
+                    fn()  # a provider that fails (op missing on this device) is skipped, not fatal
+                except Exception as e:
+                    print(f"[bench_prefill] {prov} prune R={R} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    continue
+                fns[("prune", prov, R)] = fn
+        times = interleaved(fns, dev, rounds=rounds, rep_ms=rep_ms)
+
+        prefill_ms = {v: times[("llm_prefill", v)]["p50_ms"] for v in [visual, *keeps]}
+        for v in [visual, *keeps]:
+            t, n = times[("llm_prefill", v)], v + text
+            macs = prefill_macs(cfg, visual, text, keep=v)
+            shape = dict(B=B, visual=v, text=text, tokens=n, hidden=cfg.hidden, intermediate=cfg.intermediate,
+                         layers=cfg.layers, heads=cfg.heads, kv_heads=cfg.kv_heads)
+            rows.append(make_row(
+                "llm_prefill", provider, shape, dt, t, device=dev, model=config, use_cache=use_cache,
+                threads=torch.get_num_threads() if dev.type == "cpu" else None,
+                macs=macs, tflops=2 * macs * B / 1e12, macs_percent=100.0 * macs / full_macs,
+                achieved_tflops=2 * macs * B / 1e12 / (t["p50_ms"] * 1e-3),
+                time_ratio=prefill_ms[v] / prefill_ms[visual], speedup=prefill_ms[visual] / prefill_ms[v]))
+            print(f"[bench_prefill] prefill B={B} tokens={n}: {t['p50_ms']:.3f} ms", file=sys.stderr)
+        for key, t in times.items():
+            if key[0] != "prune":
+                continue
+            _, prov, R = key
+            total = t["p50_ms"] + prefill_ms[R]
+            shape = dict(B=B, M=CLIP_M, Dv=CLIP_DV, D=CLIP_D, T=num_texts, R=R)
+            rows.append(make_row(
+                "prune", prov, shape, dt, t, device=dev, model=config,
+                threads=torch.get_num_threads() if dev.type == "cpu" else None,
+                prefill_ms_pruned=prefill_ms[R], prefill_ms_full=prefill_ms[visual],
+                share_of_pruned_prefill=t["p50_ms"] / total, end_to_end_speedup=prefill_ms[visual] / total))
+            print(f"[bench_prefill] prune {prov} B={B} R={R}: {t['p50_ms']:.3f} ms "
+                  f"({100 * t['p50_ms'] / total:.2f}% of pruned prefill)", file=sys.stderr)
+    del model
+    return rows
+
+
+def summary(rows: List[dict]) -> str:
+    """A short markdown summary: prefill time vs tokens and pruning's share."""
+    out = []
+    pre = [r for r in rows if r["op"] == "llm_prefill"]
+    if pre:
+        out += ["| B | visual | tokens | prefill p50 (ms) | time / full | MACs % of full | TFLOPs |",
+                "|---|---|---|---|---|---|---|"]
+        for r in pre:
+            s = r["shape"]
+            out.append(f"| {s['B']} | {s['visual']} | {s['tokens']} | {r['p50_ms']:.3f} | {r['time_ratio']:.3f} "
+                       f"| {r['macs_percent']:.1f} | {r['tflops']:.3f} |")
+    pr = [r for r in rows if r["op"] == "prune"]
+    if pr:
+        out += ["", "| provider | B | R | prune p50 (ms) | share of (prune + prefill at R) | end-to-end speed-up |",
+                "|---|---|---|---|---|---|"]
+        for r in pr:
+            s = r["shape"]
+            out.append(f"| {r['provider']} | {s['B']} | {s['R']} | {r['p50_ms']:.3f} "
+                       f"| {100 * r['share_of_pruned_prefill']:.2f}% | {r['end_to_end_speedup']:.2f}x |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_prefill", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--config", default="auto",
+                   help="'small' (h 512, 4 layers), a flops preset (vicuna-7b, ...), or 'auto': "
+                        "vicuna-7b on cuda, small on cpu")
+    p.add_argument("--visual", type=int, default=576)
+    p.add_argument("--keep", type=int, nargs="+", default=[192, 128, 64])
+    p.add_argument("--text", type=int, default=64)
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--texts", type=int, default=1, help="referring expressions per image (T)")
+    p.add_argument("--dtype", default=None, help="float16 / bfloat16 / float32 (default fp16 on cuda, fp32 on cpu)")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--no-cache", action="store_true", help="use_cache=False (no KV cache written)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--rep-ms", type=float, default=100.0, help="CUDA: do_bench time per measurement")
+    p.add_argument("--rounds", type=int, default=15, help="CPU: interleaved rounds (samples per configuration)")
+    p.add_argument("--name", default="prefill", help="results file stem: <name>-<device>.json")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rows = run(a.device, a.config, a.visual, a.keep, a.text, a.batch, a.dtype, a.attn, a.texts,
+               not a.no_cache, a.rep_ms, a.rounds)
+    print(summary(rows))
+    if not a.no_write:
+        print("wrote", write_rows(rows, a.name, device=a.device))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
