@@ -92,7 +92,7 @@ def select_tokens(s: torch.Tensor, c: torch.Tensor, num_retain: int, min_votes: 
         valid = (torch.arange(k_max, device=device) < k.view(B, 1, 1)) & \
                 (torch.arange(T, device=device).view(1, T, 1) < n.view(B, 1, 1))
         votes = torch.zeros(B, M, device=device, dtype=torch.int64)
-        votes.scatter_add_(1, lowest.reshape(B, -1), valid.reshape(B, -1).to(torch.int64))
+        votes.scatter_add_(1, lowest.reshape(B, T * k_max), valid.reshape(B, T * k_max).to(torch.int64))
         need = n if min_votes == 0 else torch.full_like(n, min_votes)
         in_s = (votes >= need.unsqueeze(1)) & (n > 0).unsqueeze(1)
     else:
