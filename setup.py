@@ -37,7 +37,9 @@ def _cuda_decision():
 def _extension():
     build_cuda, reason = _cuda_decision()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx_flags = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    # No -DPy_LIMITED_API here: with py_limited_api=True torch's cpp_extension
+    # defines it itself (0x030A0000 in torch 2.13); a second definition only warns.
+    cxx_flags = ["-O3", "-fopenmp"]
     define_macros = []
     if build_cuda:
         print(f"[litelvlm_kernels] building CUDA kernels ({reason})", file=sys.stderr)

@@ -1,0 +1,37 @@
+// Argument checks shared by the CPU (gather_tokens.cpp) and CUDA
+// (cuda/gather_tokens.cu) kernels of litelvlm::gather_tokens.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace litelvlm {
+
+// Checks what can be checked from metadata only (no device reads, so the CUDA
+// path never synchronises): ranks, index dtype, devices, batch sizes.
+inline void check_gather_args(const at::Tensor& tokens, const at::Tensor& indices) {
+  TORCH_CHECK(tokens.dim() == 3,
+              "gather_tokens: tokens must be a 3-D tensor [B, M, C], got shape ", tokens.sizes());
+  TORCH_CHECK(indices.dim() == 2,
+              "gather_tokens: indices must be a 2-D tensor [B, R], got shape ", indices.sizes());
+  TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+              "gather_tokens: indices must be int32 or int64, got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == tokens.device(),
+              "gather_tokens: indices must be on the same device as tokens (", tokens.device(),
+              "), got ", indices.device());
+  TORCH_CHECK(tokens.size(0) == indices.size(0),
+              "gather_tokens: batch size mismatch: tokens has B=", tokens.size(0),
+              " but indices has B=", indices.size(0));
+}
+
+// For the out= overload: same dtype and device as tokens (like index_select's out=).
+inline void check_gather_out(const at::Tensor& tokens, const at::Tensor& out) {
+  TORCH_CHECK(out.scalar_type() == tokens.scalar_type(),
+              "gather_tokens: out must have the dtype of tokens (", tokens.scalar_type(),
+              "), got ", out.scalar_type());
+  TORCH_CHECK(out.device() == tokens.device(),
+              "gather_tokens: out must be on the device of tokens (", tokens.device(), "), got ",
+              out.device());
+}
+
+}  // namespace litelvlm

@@ -1,0 +1,149 @@
+"""``torch.ops.litelvlm.gather_tokens``: compact the kept tokens, [B, M, C] -> [B, R, C].
+
+The op and its kernels are C++/CUDA (``csrc/``): the schema is defined by
+``TORCH_LIBRARY(litelvlm)`` in ``csrc/litelvlm.cpp``, the CPU kernel in
+``csrc/gather_tokens.cpp`` and the CUDA kernel in ``csrc/cuda/gather_tokens.cu``.
+Importing this module loads ``litelvlm_kernels._C`` (which runs those
+registrations) and adds, in Python:
+
+- the fake (meta) implementations of both overloads, for torch.compile and
+  FakeTensor tracing;
+- autograd with respect to ``tokens``: the backward of a gather is a
+  scatter-add of the output gradient into zeros [B, M, C] (a token kept twice
+  receives both gradients); ``indices`` are not differentiable;
+- :func:`gather_tokens`, the Python wrapper with argument checks that name the
+  argument.
+
+Semantics: ``out[b, r, :] = tokens[b, indices[b, r], :]``. Indices must lie in
+[0, M); negative indices do NOT wrap (a wrapped -1 would silently pick the
+last token). A bad index raises a RuntimeError naming the value and its
+position on the CPU, and triggers a device-side assert on CUDA (as
+torch.index_select does; checking on the host would need a synchronisation).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:
+    from .. import _C  # noqa: F401  (loading the library registers the schema and the kernels)
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "litelvlm_kernels._C (the C++ extension with gather_tokens) is not built: "
+        "run `pip install --no-build-isolation -e .` from the repository root"
+    ) from e
+
+__all__ = ["gather_tokens"]
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+# -- fake implementations ----------------------------------------------------------
+
+def _check_fake(tokens: Tensor, indices: Tensor) -> None:
+    # Mirrors check_gather_args in csrc/gather_tokens.h (shapes, dtypes, devices only).
+    torch._check(tokens.dim() == 3, lambda: f"gather_tokens: tokens must be a 3-D tensor [B, M, C], got shape {tuple(tokens.shape)}")
+    torch._check(indices.dim() == 2, lambda: f"gather_tokens: indices must be a 2-D tensor [B, R], got shape {tuple(indices.shape)}")
+    torch._check(indices.dtype in INDEX_DTYPES, lambda: f"gather_tokens: indices must be int32 or int64, got {indices.dtype}")
+    torch._check(indices.device == tokens.device,
+                 lambda: f"gather_tokens: indices must be on the same device as tokens ({tokens.device}), got {indices.device}")
+    torch._check(tokens.shape[0] == indices.shape[0],
+                 lambda: f"gather_tokens: batch size mismatch: tokens has B={tokens.shape[0]} but indices has B={indices.shape[0]}")
+
+
+@torch.library.register_fake("litelvlm::gather_tokens")
+def _gather_tokens_fake(tokens: Tensor, indices: Tensor) -> Tensor:
+    _check_fake(tokens, indices)
+    # The kernels always return a new contiguous tensor.
+    return tokens.new_empty((tokens.shape[0], indices.shape[1], tokens.shape[2]))
+
+
+@torch.library.register_fake("litelvlm::gather_tokens.out")
+def _gather_tokens_out_fake(tokens: Tensor, indices: Tensor, *, out: Tensor) -> Tensor:
+    _check_fake(tokens, indices)
+    torch._check(out.dtype == tokens.dtype,
+                 lambda: f"gather_tokens: out must have the dtype of tokens ({tokens.dtype}), got {out.dtype}")
+    torch._check(out.device == tokens.device,
+                 lambda: f"gather_tokens: out must be on the device of tokens ({tokens.device}), got {out.device}")
+    shape = (tokens.shape[0], indices.shape[1], tokens.shape[2])
+    if tuple(out.shape) != shape:  # the kernels resize out as torch's out= ops do
+        out.resize_(shape)
+    return out
+
+
+# -- autograd ----------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output) -> None:
+    tokens, indices = inputs
+    ctx.save_for_backward(indices)
+    ctx.num_tokens = tokens.shape[1]
+
+
+def _backward(ctx, grad: Tensor):
+    (indices,) = ctx.saved_tensors
+    B, R, C = grad.shape
+    index = indices.long().unsqueeze(-1).expand(B, R, C)
+    # Out of place (zeros(...).scatter_add) so double backward also works.
+    grad_tokens = grad.new_zeros((B, ctx.num_tokens, C)).scatter_add(1, index, grad)
+    return grad_tokens, None
+
+
+torch.library.register_autograd("litelvlm::gather_tokens", _backward, setup_context=_setup_context)
+
+
+# -- Python wrapper ----------------------------------------------------------------
+
+def _check_args(tokens, indices, out) -> None:
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must have 3 dimensions [B, M, C], got shape {tuple(tokens.shape)}")
+    if indices.dim() != 2:
+        raise ValueError(f"indices must have 2 dimensions [B, R], got shape {tuple(indices.shape)}")
+    if indices.dtype not in INDEX_DTYPES:
+        raise TypeError(f"indices must have dtype torch.int32 or torch.int64, got {indices.dtype}")
+    if indices.device != tokens.device:
+        raise ValueError(f"indices is on {indices.device} but tokens is on {tokens.device}: they must share a device")
+    if indices.shape[0] != tokens.shape[0]:
+        raise ValueError(f"indices has batch size {indices.shape[0]} but tokens has {tokens.shape[0]}: "
+                         "indices must be [B, R] for tokens [B, M, C]")
+    if out is not None:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
+        if out.dtype != tokens.dtype:
+            raise TypeError(f"out must have the dtype of tokens ({tokens.dtype}), got {out.dtype}")
+        if out.device != tokens.device:
+            raise ValueError(f"out is on {out.device} but tokens is on {tokens.device}: they must share a device")
+        if torch.is_grad_enabled() and (tokens.requires_grad or out.requires_grad):
+            raise RuntimeError("gather_tokens(): the out= variant does not support automatic differentiation "
+                               "(tokens or out requires grad); call it without out=")
+
+
+def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = None) -> Tensor:
+    """Gather rows of each batch: ``out[b, r, :] = tokens[b, indices[b, r], :]``.
+
+    Args:
+        tokens: [B, M, C], any dtype, any strides (CPU or CUDA).
+        indices: [B, R], int32 or int64, values in [0, M) (no negative wrapping),
+            duplicates allowed, on the device of ``tokens``.
+        out: optional [B, R, C] tensor of ``tokens``' dtype and device; resized
+            if its shape differs (with torch's usual warning when it was not empty).
+
+    Returns:
+        [B, R, C] tensor of ``tokens``' dtype (contiguous unless ``out`` was given).
+        Differentiable with respect to ``tokens`` (not with ``out=``).
+
+    Raises:
+        TypeError / ValueError naming the argument for a wrong type, dtype, rank,
+        device or batch size; RuntimeError naming the value and position of an
+        out-of-range index on the CPU; a device-side assert on CUDA.
+    """
+    _check_args(tokens, indices, out)
+    if out is None:
+        return torch.ops.litelvlm.gather_tokens.default(tokens, indices)
+    return torch.ops.litelvlm.gather_tokens.out(tokens, indices, out=out)
