@@ -31,7 +31,8 @@ def _check_fold(text_embeds, proj_weight, ln_weight, ln_bias):
         raise ValueError(f"text_embeds last dimension {text_embeds.shape[2]} must equal proj_weight's P={P} "
                          "(proj_weight is [P, Dv], nn.Linear layout)")
     if ln_weight.shape[0] != Dv or ln_bias.shape[0] != Dv:
-        raise ValueError(f"ln_weight {tuple(ln_weight.shape)} and ln_bias {tuple(ln_bias.shape)} must be [Dv]=[{Dv}]")
+        raise ValueError(f"ln_weight {tuple(ln_weight.shape)} and ln_bias {tuple(ln_bias.shape)} must be [Dv] "
+                         f"with Dv={Dv} from proj_weight {tuple(proj_weight.shape)} ([P, Dv])")
     V.check_same_device(text_embeds=text_embeds, proj_weight=proj_weight, ln_weight=ln_weight, ln_bias=ln_bias)
 
 
