@@ -83,25 +83,12 @@ def build_decoder(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, 
     return model.eval().requires_grad_(False)
 
 
-def clip_inputs(B: int, T: int, device, dtype, seed: int = 0):
-    """Synthetic CLIP ViT-L/14-336 select-layer / last-layer tensors, [CLS] excluded."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+def clip_inputs(B: int, T: int, device, dtype, seed: int = 0) -> dict:
+    """Synthetic CLIP ViT-L/14-336 select-layer / last-layer tensors ([CLS] excluded, outlier channels)."""
+    from litelvlm_kernels.synthetic import clip_inputs as synth
 
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
-
-    hidden = r(B, CLIP_M, CLIP_DV)
-    hidden[..., :4] *= 20  # CLIP-like outlier channels
-    return dict(
-        hidden=hidden,
-        q_cls=r(B, CLIP_D),
-        keys=r(B, CLIP_M, CLIP_D),
-        values=r(B, CLIP_M, CLIP_D),
-        text_embeds=r(1, T, CLIP_P),
-        proj_weight=r(CLIP_P, CLIP_DV, scale=CLIP_DV ** -0.5),
-        ln_weight=1 + r(CLIP_DV, scale=0.1),
-        ln_bias=r(CLIP_DV, scale=0.1),
-    )
+    return synth(B, T, CLIP_M, CLIP_DV, CLIP_D, CLIP_P, text_batch=1, dtype=dtype, device=device,
+                 seed=seed)._asdict()
 
 
 def prune_fns(inp: dict, R: int) -> Dict[str, callable]:
@@ -160,13 +147,16 @@ def interleaved(fns: Dict[object, callable], device: torch.device, *, rounds: in
     return out
 
 
-def run(device: str = "cpu", config: str = "auto", visual: int = 576, keeps=(192, 128, 64), text: int = 64,
+def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 64), text: int = 64,
         batches=(1,), dtype: Optional[str] = None, attn: str = "sdpa", num_texts: int = 1,
         use_cache: bool = True, rep_ms: float = 100.0, rounds: int = 15) -> List[dict]:
     dev = torch.device(device)
     if config == "auto":
         config = "vicuna-7b" if dev.type == "cuda" else "small"
-    cfg = SMALL if config == "small" else DecoderConfig.preset(config)
+    if isinstance(config, DecoderConfig):
+        cfg, config = config, "custom"
+    else:
+        cfg = SMALL if config == "small" else DecoderConfig.preset(config)
     dt = getattr(torch, dtype) if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
     model = build_decoder(cfg, dev, dt, attn)
     provider = f"hf-llama-{attn}"

@@ -189,7 +189,10 @@ def _constant_fields(rows: List[dict]) -> List[str]:
 def _lines(rows: List[dict], x: str) -> Tuple[Dict[tuple, List[dict]], Dict[str, object]]:
     """Rows grouped into plot lines along shape key x; fixes other keys while there are too many lines."""
     skeys = [k for k in _shape_keys(rows) if k != x]
-    varying = [k for k in skeys if len({json.dumps(r["shape"].get(k)) for r in rows}) > 1]
+    xs = {json.dumps(r["shape"].get(x)) for r in rows}
+    # keys that vary but are determined by x (visual = tokens - text) do not split lines
+    varying = [k for k in skeys if len({json.dumps(r["shape"].get(k)) for r in rows}) > 1
+               and len({(json.dumps(r["shape"].get(x)), json.dumps(r["shape"].get(k))) for r in rows}) > len(xs)]
     fixed: Dict[str, object] = {}
 
     def group(rs):
