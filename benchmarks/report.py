@@ -258,6 +258,10 @@ def op_plots(rows: List[dict], op: str, slug: str, baseline: Optional[str], plot
                     if key[0] == baseline or len(pts) < 2:
                         continue
                     ax.plot(*zip(*pts), marker="o", label=_label(key, ndt))
+                    if all(isinstance(r.get("macs_percent"), (int, float)) and r["macs_percent"] > 0 for r in rs):
+                        # what the MAC count alone predicts (litelvlm_kernels.flops)
+                        ax.plot([r["shape"][x] for r in rs], [100.0 / r["macs_percent"] for r in rs], ls=":",
+                                marker=".", label=_label(key, ndt) + " (MACs ratio)")
             vals = sorted({r["shape"][x] for v in lines.values() for r in v})
             if vals[0] > 0 and vals[-1] / vals[0] >= 8:
                 ax.set_xscale("log", base=2)
