@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test suite, in three pytest processes (Triton reads TRITON_INTERPRET at
+# import, so interpreted and compiled Triton cannot share a process):
+#  1. everything but tests/triton (CPU ops, C++ gather, nvcc compile-check of csrc/cuda, HF, examples);
+#  2. tests/triton: the Triton kernels, on CUDA when there is a GPU, else on the
+#     CPU under TRITON_INTERPRET=1 against the reference;
+#  3. the pytest-benchmark files once each, as a smoke test (no timing asserted).
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+
+"$PYTHON" -m pytest tests --ignore=tests/triton -q -p no:cacheprovider "$@"
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    "$PYTHON" -m pytest tests/triton -q -p no:cacheprovider "$@"
+else
+    TRITON_INTERPRET=1 "$PYTHON" -m pytest tests/triton -q -p no:cacheprovider "$@"
+fi
+"$PYTHON" -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable "$@"
