@@ -29,7 +29,9 @@ Rows (one per measurement, long format, benchmarks/common.py):
   ``time_ratio`` (time / time at ``--visual``), ``speedup`` (inverse),
   ``achieved_tflops``.
 * op ``prune``, provider ``litelvlm`` (the ops) or ``reference`` (eager oracle):
-  shape {B, M, Dv, D, T, R}; extra ``prefill_ms_pruned`` (prefill at R + text),
+  shape {B, M, Dv, D, T, R} per CLIP image/tile of M = 576 patches (``--visual 2880``:
+  5 tiles per image, each keeping R // 5); extra ``images``, ``tiles``,
+  ``visual_kept`` (R over all tiles), ``prefill_ms_pruned`` (prefill at R + text),
   ``prefill_ms_full``, ``share_of_pruned_prefill`` (prune / (prune + prefill at R)),
   ``end_to_end_speedup`` (prefill full / (prune + prefill at R)).
 """
@@ -149,7 +151,7 @@ def interleaved(fns: Dict[object, callable], device: torch.device, *, rounds: in
 
 def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 64), text: int = 64,
         batches=(1,), dtype: Optional[str] = None, attn: str = "sdpa", num_texts: int = 1,
-        use_cache: bool = True, rep_ms: float = 100.0, rounds: int = 15) -> List[dict]:
+        use_cache: bool = True, rep_ms: float = 1000.0, rounds: int = 15) -> List[dict]:
     dev = torch.device(device)
     if config == "auto":
         config = "vicuna-7b" if dev.type == "cuda" else "small"
@@ -160,7 +162,10 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
     dt = getattr(torch, dtype) if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
     model = build_decoder(cfg, dev, dt, attn)
     provider = f"hf-llama-{attn}"
-    keeps = [k for k in keeps if k != visual]
+    keeps = [k for k in dict.fromkeys(keeps) if 0 <= k < visual]
+    # the pruning sees CLIP ViT-L/14-336 images of 576 patches: more visual tokens
+    # (LLaVA-NeXT: 5 tiles = 2880) are that many rows, each keeping its share of R
+    tiles = max(1, round(visual / CLIP_M))
     rows: List[dict] = []
 
     for B in batches:
@@ -174,9 +179,11 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                     return model(inputs_embeds=x, use_cache=use_cache)
 
             fns[("llm_prefill", v)] = fwd
-        inp = clip_inputs(B, num_texts, dev, dt)
+        inp = clip_inputs(B * tiles, num_texts, dev, dt)
         for R in keeps:
-            for prov, fn in prune_fns(inp, R).items():
+            if R // tiles < max(1, num_texts):
+                continue  # nothing to prune with (R' must be >= T)
+            for prov, fn in prune_fns(inp, R // tiles).items():
                 try:
                     fn()  # a provider that fails (op missing on this device) is skipped, not fatal
                 except Exception as e:
@@ -203,9 +210,9 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                 continue
             _, prov, R = key
             total = t["p50_ms"] + prefill_ms[R]
-            shape = dict(B=B, M=CLIP_M, Dv=CLIP_DV, D=CLIP_D, T=num_texts, R=R)
+            shape = dict(B=B * tiles, M=CLIP_M, Dv=CLIP_DV, D=CLIP_D, T=num_texts, R=R // tiles)
             rows.append(make_row(
-                "prune", prov, shape, dt, t, device=dev, model=config,
+                "prune", prov, shape, dt, t, device=dev, model=config, images=B, tiles=tiles, visual_kept=R,
                 threads=torch.get_num_threads() if dev.type == "cpu" else None,
                 prefill_ms_pruned=prefill_ms[R], prefill_ms_full=prefill_ms[visual],
                 share_of_pruned_prefill=t["p50_ms"] / total, end_to_end_speedup=prefill_ms[visual] / total))
@@ -232,7 +239,7 @@ def summary(rows: List[dict]) -> str:
                 "|---|---|---|---|---|---|"]
         for r in pr:
             s = r["shape"]
-            out.append(f"| {r['provider']} | {s['B']} | {s['R']} | {r['p50_ms']:.3f} "
+            out.append(f"| {r['provider']} | {r.get('images', s['B'])} | {r.get('visual_kept', s['R'])} | {r['p50_ms']:.3f} "
                        f"| {100 * r['share_of_pruned_prefill']:.2f}% | {r['end_to_end_speedup']:.2f}x |")
     return "\n".join(out)
 
@@ -252,7 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--no-cache", action="store_true", help="use_cache=False (no KV cache written)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--rep-ms", type=float, default=100.0, help="CUDA: do_bench time per measurement")
+    p.add_argument("--rep-ms", type=float, default=1000.0,
+                   help="CUDA: do_bench time per measurement (a 7B prefill takes tens of ms)")
     p.add_argument("--rounds", type=int, default=15, help="CPU: interleaved rounds (samples per configuration)")
     p.add_argument("--name", default="prefill", help="results file stem: <name>-<device>.json")
     p.add_argument("--no-write", action="store_true")
