@@ -218,7 +218,6 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                 share_of_pruned_prefill=t["p50_ms"] / total, end_to_end_speedup=prefill_ms[visual] / total))
             print(f"[bench_prefill] prune {prov} B={B} R={R}: {t['p50_ms']:.3f} ms "
                   f"({100 * t['p50_ms'] / total:.2f}% of pruned prefill)", file=sys.stderr)
-    del model
     return rows
 
 
@@ -239,7 +238,8 @@ def summary(rows: List[dict]) -> str:
                 "|---|---|---|---|---|---|"]
         for r in pr:
             s = r["shape"]
-            out.append(f"| {r['provider']} | {r.get('images', s['B'])} | {r.get('visual_kept', s['R'])} | {r['p50_ms']:.3f} "
+            out.append(f"| {r['provider']} | {r.get('images', s['B'])} | {r.get('visual_kept', s['R'])} "
+                       f"| {r['p50_ms']:.3f} "
                        f"| {100 * r['share_of_pruned_prefill']:.2f}% | {r['end_to_end_speedup']:.2f}x |")
     return "\n".join(out)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -309,9 +310,7 @@ def write_report(name: str, sources: List[str], rows: List[dict], out_dir: str, 
     plot_paths: List[str] = []
     have_mpl = plots
     if plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("matplotlib") is None:
             print("[report] matplotlib not installed (pip install matplotlib, or the 'plot' extra): "
                   "tables only", file=sys.stderr)
             have_mpl = False
