@@ -211,6 +211,25 @@ def test_flop_counter_cpu_sdpa_skips_attention():
     assert flops in (2 * br["total"], 2 * (br["total"] - br["attention"]))
 
 
+def test_matches_flop_counter_cuda_sdpa():
+    # On CUDA, sdpa runs a flash / efficient / cuDNN kernel, all in torch's flop
+    # registry, counted as 4 s_q s_k d per head without causal halving: the formula.
+    # Multi-head (kv_heads = heads): older torch (2.11) asserts equal q/k heads there.
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    transformers = pytest.importorskip("transformers")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = transformers.LlamaConfig(**dict(HF_TINY, num_key_value_heads=4), attn_implementation="sdpa")
+    model = transformers.LlamaModel(config).to("cuda", torch.float16).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 37), device="cuda")
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(input_ids=ids)
+    cfg = DecoderConfig.from_hf(config)
+    assert fc.get_total_flops() == 2 * prefill_flops(cfg, 30, 7)  # batch of 2
+
+
 def test_fastv_matches_flop_counter_by_layers():
     # FastV after layer K: K layers see n0 tokens, L-K layers see n1. A model's
     # layers are independent in the count, so count a K-layer model at n0 and an
