@@ -25,8 +25,9 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
     x . w - mu * sum(w) cancels catastrophically there.
     """
     x = hidden.float()
-    xc = x - x.mean(dim=-1, keepdim=True)
-    inv_sigma = torch.rsqrt(xc.square().mean(dim=-1) + ln_eps)  # [B, M]
+    var, mu = torch.var_mean(x, dim=-1, correction=0, keepdim=True)  # one Welford pass, biased as layer_norm
+    xc = x - mu
+    inv_sigma = torch.rsqrt(var.squeeze(-1) + ln_eps)  # [B, M]
     dots = torch.matmul(w.float(), xc.transpose(1, 2))  # [Bt, T, Dv] @ [B, Dv, M]
     return dots * inv_sigma.unsqueeze(1) + b.float().unsqueeze(-1)
 
