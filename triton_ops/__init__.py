@@ -4,6 +4,7 @@ One kernel per module, each with its public launcher:
 
 - ``text_similarity(hidden, w, b, ln_eps)`` -> s [B, T, M] fp32
 - ``cls_contribution(q_cls, keys, values, scale=None)`` -> c [B, M] fp32
+- ``select_tokens(s, c, num_retain, ...)`` -> (indices, num_similarity, from_similarity)
 - ``fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, ...)``
   -> (indices, num_similarity, from_similarity), one kernel launch
 
@@ -19,6 +20,7 @@ __all__ = ["has_triton", "interpret_mode"]
 if has_triton():
     from .cls_contribution import cls_contribution
     from .fused_select import fused_select
+    from .select_tokens import select_tokens
     from .text_similarity import text_similarity
 
-    __all__ += ["text_similarity", "cls_contribution", "fused_select"]
+    __all__ += ["text_similarity", "cls_contribution", "select_tokens", "fused_select"]

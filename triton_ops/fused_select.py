@@ -15,6 +15,7 @@ from ._common import (
     check_device,
     check_select_args,
     default_scale,
+    interpret_mode,
     next_pow2,
     text_strides,
 )
@@ -40,13 +41,14 @@ if _HAS_TRITON:
         nt_ptr, idx_ptr, fs_ptr, ns_ptr,
         M, T, R, k_per_text, min_votes, s_nt,
         HAS_NT: tl.constexpr, OFFICIAL: tl.constexpr,
-        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr,
+        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr, C_GIVEN: tl.constexpr,
     ):
         """Selection of one row from its partials (run by the row's last-arriving program).
 
-        Reads the row's similarities / logits / ||v|| from scratch in a fixed chunk order
-        (so the result does not depend on which program finalises), and writes indices,
-        from_similarity and num_similarity.
+        Reads the row's similarities [T, M] / logits [M] / ||v|| [M] (fp32, contiguous) from
+        scratch in a fixed chunk order (so the result does not depend on which program
+        finalises), and writes indices, from_similarity and num_similarity.
+        C_GIVEN (select_tokens): vn_ws holds the contributions c themselves, l_ws is unused.
         """
         ar = tl.arange(0, BLOCK_F)
         r64 = row.to(tl.int64)
@@ -93,7 +95,8 @@ if _HAS_TRITON:
 
         # ---- phase B: contributions c_j = softmax(logits)_j * ||v_j|| of the tokens not in
         # S, as recovery keys (tokens in S get the sentinel: never recovered).
-        mx, se = _row_softmax_stats(l_row, M, BLOCK_F)
+        if not C_GIVEN:
+            mx, se = _row_softmax_stats(l_row, M, BLOCK_F)
         nS_acc = tl.zeros([BLOCK_F], dtype=tl.int32)
         for c0 in range(0, M, BLOCK_F):
             offs = c0 + ar
@@ -101,9 +104,12 @@ if _HAS_TRITON:
             votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
             in_s = valid & has_s & (votes >= thr)
             nS_acc += in_s.to(tl.int32)
-            lg = tl.load(l_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
             vn = tl.load(vn_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
-            c = tl.exp(lg - mx) / se * vn
+            if C_GIVEN:
+                c = vn
+            else:
+                lg = tl.load(l_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
+                c = tl.exp(lg - mx) / se * vn
             tl.store(keys_row + offs, tl.where(valid & (in_s == 0), _descending_key(c), _SENTINEL),
                      mask=valid)
         nS = tl.sum(nS_acc, axis=0)
@@ -242,7 +248,7 @@ if _HAS_TRITON:
             _finalise_row(row, sim_ws, l_ws, vn_ws, votes_ws, keys_ws, list_ws,
                           nt_ptr, idx_ptr, fs_ptr, ns_ptr,
                           M, T, R, k_per_text, min_votes, s_nt,
-                          HAS_NT, OFFICIAL, BLOCK_F, SINGLE, RB)
+                          HAS_NT, OFFICIAL, BLOCK_F, SINGLE, RB, False)
             # Leave the counter as found (0) so a cached workspace could be reused.
             tl.atomic_xchg(cnt_ptr + row, 0)
 
@@ -252,11 +258,16 @@ _FORCE_BLOCKS: dict = {}
 
 
 def _pick_blocks(B: int, M: int, T: int, Dv: int, D: int) -> dict:
-    # BLOCK_M: 16 when the grid would otherwise leave SMs idle (B * M / 32 < ~2 waves of
-    # 132 SMs), else 32. BLOCK_D = 128: one 16 x 128 fp16 tile = 4 KB per load and the
-    # reductions over it are in-warp.
-    block_m = 16 if B * triton.cdiv(M, 32) < 264 else 32
-    block_d = min(128, max(16, next_pow2(max(Dv, D))))
+    if interpret_mode():
+        # The interpreter costs ~0.1-0.3 ms per tl op whatever the block size: fewer, larger
+        # tiles (tests force the GPU sizes where they check them).
+        block_m, block_d = 64, min(1024, max(16, next_pow2(max(Dv, D))))
+    else:
+        # BLOCK_M: 16 when the grid would otherwise leave SMs idle (B * M / 32 < ~2 waves of
+        # 132 SMs), else 32. BLOCK_D = 128: one 16 x 128 fp16 tile = 4 KB per load and the
+        # reductions over it are in-warp.
+        block_m = 16 if B * triton.cdiv(M, 32) < 264 else 32
+        block_d = min(128, max(16, next_pow2(max(Dv, D))))
     tb = min(16, next_pow2(max(T, 1)))
     block_f = min(4096, max(16, next_pow2(M)))
     blocks = dict(BLOCK_M=block_m, BLOCK_D=block_d, TB=tb, BLOCK_F=block_f, RB=64)
