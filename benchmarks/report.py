@@ -248,6 +248,7 @@ def op_plots(rows: List[dict], op: str, slug: str, baseline: Optional[str], plot
             if kind == "speedup" and not any(r["_speedup"] is not None for v in lines.values() for r in v):
                 continue
             fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            drawn: set = set()
             for key, rs in lines.items():
                 if kind == "time":
                     xv = [r["shape"][x] for r in rs]
@@ -256,13 +257,17 @@ def op_plots(rows: List[dict], op: str, slug: str, baseline: Optional[str], plot
                         ax.fill_between(xv, [r["p20_ms"] for r in rs], [r["p80_ms"] for r in rs], alpha=0.2)
                 else:
                     pts = [(r["shape"][x], r["_speedup"]) for r in rs if r["_speedup"] is not None]
-                    if key[0] == baseline or len(pts) < 2:
-                        continue
+                    if key[0] == baseline or len(pts) < 2 or all(abs(p[1] - 1.0) < 1e-12 for p in pts):
+                        continue  # the baseline against itself
                     ax.plot(*zip(*pts), marker="o", label=_label(key, ndt))
-                    if all(isinstance(r.get("macs_percent"), (int, float)) and r["macs_percent"] > 0 for r in rs):
-                        # what the MAC count alone predicts (litelvlm_kernels.flops)
-                        ax.plot([r["shape"][x] for r in rs], [100.0 / r["macs_percent"] for r in rs], ls=":",
-                                marker=".", label=_label(key, ndt) + " (MACs ratio)")
+                    if x in TOKEN_KEYS and all(isinstance(r.get("macs_percent"), (int, float))
+                                               and r["macs_percent"] > 0 for r in rs):
+                        # what the MAC count alone predicts (litelvlm_kernels.flops); drawn once per curve
+                        ideal = tuple((r["shape"][x], 100.0 / r["macs_percent"]) for r in rs)
+                        if ideal not in drawn:
+                            drawn.add(ideal)
+                            ax.plot(*zip(*ideal), ls=":", marker=".", color="black",
+                                    label="MACs ratio" + ("" if len(drawn) == 1 else f" ({len(drawn)})"))
             vals = sorted({r["shape"][x] for v in lines.values() for r in v})
             if vals[0] > 0 and vals[-1] / vals[0] >= 8:
                 ax.set_xscale("log", base=2)
