@@ -356,3 +356,26 @@ def test_missing_transformers_message():
             "except ImportError as e:\n    print('MSG', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "MSG" in r.stdout and "litelvlm_kernels[hf]" in r.stdout, r.stdout + r.stderr
+
+
+def test_bfloat16_towers(models, tokenizer):
+    """Half-precision towers: captured tensors stay bf16, scores are fp32, result as the reference on them."""
+    vision, text = (m.to(torch.bfloat16) for m in _copies(models))
+    pruner = hf.LiteLVLMPruner(vision, text, tokenizer)
+    with torch.no_grad():
+        out = pruner.prune(pixels(2).to(torch.bfloat16), texts=["the cat", "a red car"], num_retain=12,
+                           return_capture=True)
+    cap = out.capture
+    assert cap.hidden.dtype == torch.bfloat16 and out.tokens.dtype == torch.bfloat16
+    e = out.text.text_embeds
+    s = reference.similarity_direct(cap.hidden, e, pruner.proj_weight.detach(), pruner.ln_weight.detach(),
+                                    pruner.ln_bias.detach(), pruner.ln_eps)
+    c = reference.contribution_direct(cap.q_cls, cap.keys, cap.values)
+    # ref32 runs on the same bf16 inputs upcast, so only summation order differs: fp32-level tolerances
+    assert_selection_close((out.indices, out.num_similarity, out.from_similarity), s, c, 12,
+                           s_tol=1e-3 * float(s.abs().max()), c_tol=1e-6)
+
+
+def _copies(models):
+    import copy
+    return [copy.deepcopy(m) for m in models]
