@@ -150,8 +150,17 @@ def speedups(rows: List[dict], baseline: Optional[str]) -> List[Optional[float]]
 # -------------------------------------------------------------------- tables
 
 
+def _constant_shape(rows: List[dict]) -> Dict[str, object]:
+    """Shape keys with one value over all rows (listed once above the table, when there are 2+ rows)."""
+    if len(rows) < 2:
+        return {}
+    return {k: rows[0]["shape"].get(k) for k in _shape_keys(rows)
+            if len({json.dumps(r.get("shape", {}).get(k)) for r in rows}) == 1}
+
+
 def op_table(rows: List[dict], baseline: Optional[str]) -> str:
-    skeys = _shape_keys(rows)
+    const = _constant_shape(rows)
+    skeys = [k for k in _shape_keys(rows) if k not in const]
     extras = _extra_keys(rows)
     order = sorted(range(len(rows)), key=lambda i: (
         [_sort_key(rows[i].get("shape", {}).get(k)) for k in skeys], str(rows[i].get("dtype")),
@@ -322,9 +331,10 @@ def write_report(name: str, sources: List[str], rows: List[dict], out_dir: str, 
     for op, rs in ops.items():
         base = baseline_provider(op, [r["provider"] for r in rs], overrides)
         md += [f"## {op}", ""]
-        constant = [k for k in _extra_keys_all(rs) if k not in _extra_keys(rs)]
+        constant = [f"{k}={_fmt(v)}" for k, v in _constant_shape(rs).items()]
+        constant += [f"{k}={_fmt(rs[0].get(k))}" for k in _extra_keys_all(rs) if k not in _extra_keys(rs)]
         if constant:
-            md += ["Same for every row: " + ", ".join(f"{k}={_fmt(rs[0].get(k))}" for k in constant), ""]
+            md += ["Same for every row: " + ", ".join(constant), ""]
         md += [op_table(rs, base), ""]
         if have_mpl:
             for p in op_plots(rs, op, name, base, os.path.join(out_dir, "plots")):
