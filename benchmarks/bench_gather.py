@@ -1,0 +1,136 @@
+"""gather_tokens vs torch.index_select vs torch.gather (issue 5's targets).
+
+``python -m benchmarks.bench_gather [--quick] [--device cpu|cuda] [--threads 2]``
+
+Providers, each producing the same [B, R, C] tensor from tokens [B, M, C] and
+indices [B, R]:
+
+- ``litelvlm``: the Python wrapper ``litelvlm_kernels.ops.gather_tokens`` (what
+  users call; argument checks included);
+- ``litelvlm.op``: ``torch.ops.litelvlm.gather_tokens`` directly;
+- ``index_select``: ``tokens.view(B*M, C).index_select(0, flat)`` with the flat
+  row indices (``indices + b*M``) precomputed outside the timed region: torch's
+  cheapest gather (one memcpy per row), i.e. the strictest baseline;
+- ``torch.gather``: ``torch.gather(tokens, 1, index)`` with the [B, R, C]
+  expanded index precomputed.
+
+On the CPU, timings use ``benchmarks.common.measure`` (torch.utils.benchmark,
+p50/p20/p80); each shape is measured in ``--rounds`` interleaved rounds (all
+providers once per round) and the median of the rounds' quantiles is kept, so a
+burst of load from other processes on a shared machine hits every provider
+alike. On CUDA, ``measure`` uses triton.testing.do_bench, and each row also
+carries GB/s (bytes read + written: 2 * B*R*C*itemsize + indices) and the
+percentage of a device-to-device copy measured in the same run (DESIGN.md
+section 7's 100% mark).
+
+Writes ``benchmarks/results/gather-<device>.json`` (long format, one row per
+provider and shape; ``vs_index_select`` = t(index_select) / t(provider), so
+>= 0.95 meets the CPU target) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Dict, List
+
+import torch
+
+from litelvlm_kernels.ops.gather_tokens import gather_tokens
+
+from .common import copy_bandwidth_gbs, markdown_table, measure, make_row, write_rows
+
+M = 576  # CLIP ViT-L/14-336 patch tokens (DESIGN.md section 6)
+
+
+def shapes(quick: bool, device: str):
+    """(B, C, R) grid: B = 1 image, 5 tiles, 64 frames; C = Dv 1024 or an LLM width 4096."""
+    if quick:
+        return [(1, 1024, 64), (5, 1024, 192), (64, 4096, 192)]
+    return [(B, C, R) for B in (1, 5, 64) for C in (1024, 4096) for R in (64, 192)]
+
+
+def providers(tokens, indices):
+    B, Mt, C = tokens.shape
+    R = indices.shape[1]
+    flat = (indices.long() + torch.arange(B, device=tokens.device)[:, None] * Mt).reshape(-1)
+    rows = tokens.view(B * Mt, C)
+    index = indices.long()[..., None].expand(B, R, C)
+    op = torch.ops.litelvlm.gather_tokens.default
+    return {
+        "litelvlm": lambda: gather_tokens(tokens, indices),
+        "litelvlm.op": lambda: op(tokens, indices),
+        "index_select": lambda: rows.index_select(0, flat),
+        "torch.gather": lambda: torch.gather(tokens, 1, index),
+    }
+
+
+def _median_timing(timings: List[Dict[str, float]]) -> Dict[str, float]:
+    return {k: statistics.median(t[k] for t in timings) for k in ("p50_ms", "p20_ms", "p80_ms")}
+
+
+def run(device: str, quick: bool, rounds: int, dtypes) -> List[dict]:
+    dev = torch.device(device)
+    copy_gbs = copy_bandwidth_gbs(dev) if dev.type == "cuda" else None
+    rows = []
+    for dtype in dtypes:
+        for B, C, R in shapes(quick, device):
+            g = torch.Generator().manual_seed(0)
+            tokens = torch.randn(B, M, C, generator=g).to(dtype).to(dev)
+            indices = torch.stack([torch.randperm(M, generator=g)[:R] for _ in range(B)]).to(dev)
+            fns = providers(tokens, indices)
+            expected = fns["index_select"]().view(B, R, C)
+            for name, fn in fns.items():
+                assert torch.equal(fn().view(B, R, C), expected), name
+            timings: Dict[str, List[Dict[str, float]]] = {name: [] for name in fns}
+            for _ in range(rounds):
+                for name, fn in fns.items():
+                    timings[name].append(measure(fn, dev))
+            del expected
+            t = {name: _median_timing(v) for name, v in timings.items()}
+            nbytes = 2 * B * R * C * tokens.element_size() + indices.numel() * indices.element_size()
+            shape = {"B": B, "M": M, "C": C, "R": R}
+            for name in fns:
+                p50 = t[name]["p50_ms"]
+                extra = {
+                    "rounds": rounds,
+                    "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+                    "index_dtype": "int64",
+                    "gb_per_s": nbytes / (p50 * 1e-3) / 1e9,
+                    "vs_index_select": t["index_select"]["p50_ms"] / p50,
+                    "vs_torch_gather": t["torch.gather"]["p50_ms"] / p50,
+                }
+                if copy_gbs is not None:
+                    extra["copy_gb_per_s"] = copy_gbs
+                    extra["pct_of_copy"] = 100.0 * extra["gb_per_s"] / copy_gbs
+                rows.append(make_row("gather_tokens", name, shape, dtype, t[name], device=dev, **extra))
+            del tokens, fns
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
+    p.add_argument("--quick", action="store_true", help="3 shapes, fp16 only, 1 round")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape (default 3, quick 1)")
+    p.add_argument("--no-write", action="store_true", help="print only, write no JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rounds = args.rounds or (1 if args.quick else 3)
+    dtypes = [torch.float16] if args.quick else [torch.float16, torch.float32]
+    for device in devices:
+        rows = run(device, args.quick, rounds, dtypes)
+        cols = ["provider", "B", "C", "R", "dtype", "p50_ms", "p20_ms", "p80_ms", "gb_per_s", "vs_index_select",
+                "vs_torch_gather"]
+        if torch.device(device).type == "cuda":
+            cols.append("pct_of_copy")
+        print(f"\n## gather_tokens on {rows[0]['device']}, M={M}, int64 indices\n")
+        print(markdown_table(rows, cols))
+        if not args.no_write:
+            print("\nwrote", write_rows(rows, "gather", device=device))
+
+
+if __name__ == "__main__":
+    main()
