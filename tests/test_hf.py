@@ -327,6 +327,27 @@ def test_clip_model_and_plain_vision_model(models, tokenizer):
     assert torch.equal(out2.indices, out.indices)
 
 
+def test_image_without_texts_among_images_with_texts(pruner):
+    with torch.no_grad():
+        out = pruner.prune(pixels(2), texts=[["a cat", "the dog"], []], num_retain=10, return_capture=True)
+        alone = pruner.prune(pixels(2)[1:], texts=[], num_retain=10)
+    assert out.text.num_texts.tolist() == [2, 0]
+    assert int(out.num_similarity[1]) == 0 and int(out.num_similarity[0]) > 0
+    assert torch.equal(out.indices[1], alone.indices[0])
+    check_against_reference(pruner, out, out.capture, out.text.text_embeds, 10, num_texts=out.text.num_texts)
+
+
+def test_models_built_in_inference_mode(tokenizer):
+    vc, tc = _configs(tokenizer)
+    with torch.inference_mode():  # parameters become inference tensors: no version counters
+        vision = transformers.CLIPVisionModelWithProjection(vc).eval()
+        text = transformers.CLIPTextModelWithProjection(tc).eval()
+        pruner = hf.LiteLVLMPruner(vision, text, tokenizer)
+        a = pruner.prune(pixels(1), texts=["a cat"], num_retain=8)
+        b = pruner.prune(pixels(1), texts=["a cat"], num_retain=8)
+    assert a.text is b.text and torch.equal(a.indices, b.indices)
+
+
 def test_text_embeds_and_errors(pruner):
     e = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -352,6 +373,7 @@ def test_gradients_flow_to_kept_tokens(pruner):
 
 def test_missing_transformers_message():
     code = ("import sys; sys.modules['transformers'] = None\n"
+            "import litelvlm_kernels.integrations  # fine without transformers\n"
             "try:\n    import litelvlm_kernels.integrations.hf\n"
             "except ImportError as e:\n    print('MSG', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -123,6 +123,13 @@ def _projection_weight(proj: Any, name: str) -> torch.Tensor:
     raise TypeError(f"{name}: expected nn.Linear or a [P, D] tensor, got {type(proj).__name__}")
 
 
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter (and cannot be updated in place)
+        return -1
+
+
 def _layer_output(out: Any) -> torch.Tensor:
     # transformers 5 layers return a tensor, 4.x a tuple (hidden_states, [attn]).
     return out[0] if isinstance(out, (tuple, list)) else out
@@ -370,10 +377,9 @@ class LiteLVLMPruner:
         # _version moves on every in-place update (load_state_dict, optimizer
         # steps), so a cached fold never outlives the weights it was folded from.
         ws = [self.proj_weight, self.ln_weight, self.ln_bias]
-        key = tuple((id(w), w._version, w.device, w.dtype) for w in ws)
         if self.text_model is not None:
-            key += tuple((id(p), p._version) for p in self.text_model.parameters())
-        return key
+            ws += list(self.text_model.parameters())
+        return tuple((id(w), _version(w), w.device, w.dtype) for w in ws)
 
     def _tokenize(self, texts: Sequence[str]):
         if self.tokenizer is None:
