@@ -299,6 +299,14 @@ def test_text_cache_folds_once(models, tokenizer):
             assert c3 is not c1 and len(calls) == 3
             pruner.clear_cache()
             assert pruner.prepare_text(texts=["a cat"]) is not a.text
+            # new parameter objects (load_state_dict(assign=True)) are seen and invalidate the cache
+            ln = vision.vision_model.post_layernorm
+            old = {k: v.clone() for k, v in ln.state_dict().items()}
+            ln.load_state_dict({k: v * 2 for k, v in old.items()}, assign=True)
+            c4 = pruner.prepare_text(texts=["a cat"])
+            assert pruner.ln_weight is ln.weight and c4 is not a.text
+            torch.testing.assert_close(c4.folded.b, 2 * a.text.folded.b)
+            ln.load_state_dict(old, assign=True)
     finally:
         h.remove()
 

@@ -361,12 +361,30 @@ class LiteLVLMPruner:
                 "visual_projection= (the nn.Linear or [P, Dv] weight of CLIPModel / "
                 "CLIPVisionModelWithProjection for the same checkpoint)"
             )
-        self.proj_weight = _projection_weight(visual_projection, "visual_projection")
-        ln = self.tower.post_layernorm
-        self.ln_weight, self.ln_bias, self.ln_eps = ln.weight, ln.bias, float(ln.eps)
+        _projection_weight(visual_projection, "visual_projection")  # type check now
+        self._visual_projection = visual_projection
         self.stop_early = stop_early
         self.cache_size = cache_size
         self._cache: "collections.OrderedDict[Any, TextCondition]" = collections.OrderedDict()
+
+    # Read through the modules at every use, so .to(), .half() or
+    # load_state_dict(assign=True) after construction are seen.
+    @property
+    def proj_weight(self) -> torch.Tensor:
+        """[P, Dv] visual projection weight."""
+        return _projection_weight(self._visual_projection, "visual_projection")
+
+    @property
+    def ln_weight(self) -> torch.Tensor:
+        return self.tower.post_layernorm.weight
+
+    @property
+    def ln_bias(self) -> torch.Tensor:
+        return self.tower.post_layernorm.bias
+
+    @property
+    def ln_eps(self) -> float:
+        return float(self.tower.post_layernorm.eps)
 
     # ---- text ---------------------------------------------------------------
 
