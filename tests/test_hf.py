@@ -17,7 +17,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import litelvlm_kernels as lk  # noqa: E402
 from litelvlm_kernels import reference  # noqa: E402
 from litelvlm_kernels.integrations import hf  # noqa: E402
 from litelvlm_kernels.testing import assert_selection_close  # noqa: E402
@@ -409,3 +408,15 @@ def test_bfloat16_towers(models, tokenizer):
 def _copies(models):
     import copy
     return [copy.deepcopy(m) for m in models]
+
+
+def test_hooks_removed_when_the_forward_fails(models, pruner):
+    vision, _ = models
+    attn = vision.vision_model.encoder.layers[-1].self_attn
+    with pytest.raises(Exception):
+        pruner.prune(torch.randn(1, 3, 57, 40), texts=["a cat"], num_retain=8)  # not 56 x 56
+    assert not attn.q_proj._forward_hooks and not attn.v_proj._forward_hooks
+    assert not vision.vision_model.encoder.layers[-2]._forward_hooks
+    with torch.no_grad():
+        out = pruner.prune(pixels(1), texts=["a cat"], num_retain=8, return_tokens=False)
+    assert out.tokens is None and out.capture is None and out.indices.shape == (1, 8)
