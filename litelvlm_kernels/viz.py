@@ -9,7 +9,8 @@ dropped cells are dimmed::
     import litelvlm_kernels as lk
     from litelvlm_kernels import viz
     out = lk.prune(hidden, text, q_cls, keys, values, num_retain=192)
-    viz.save_kept_tokens("kept.png", image, out.indices[0], out.from_similarity[0], grid=(24, 24))
+    viz.save_kept_tokens("kept.png", image, out, grid=(24, 24))        # row 0; row=b for others
+    # or explicitly: viz.save_kept_tokens("kept.png", image, out.indices[0], out.from_similarity[0])
 
 ``image`` is what the tower saw (after CLIP's resize and centre crop):
 an [H, W, 3] or [3, H, W] array or tensor, uint8 or float in [0, 1] (an
@@ -52,13 +53,32 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
-def token_states(indices, from_similarity=None, num_tokens: int = 576) -> np.ndarray:
+def _one_row(indices, from_similarity, row: int):
+    """Accept a PruneResult / HFPruneResult, or [R] / [B, R] arrays; return one row of each."""
+    if hasattr(indices, "indices") and hasattr(indices, "from_similarity"):
+        if from_similarity is None:
+            from_similarity = indices.from_similarity
+        indices = indices.indices
+    idx = _to_numpy(indices)
+    if idx.ndim == 2:
+        idx = idx[row]
+    elif idx.ndim != 1:
+        raise ValueError(f"indices must be [R] or [B, R], got shape {idx.shape}")
+    fs = _to_numpy(from_similarity)
+    if fs is not None and fs.ndim == 2:
+        fs = fs[row]
+    return idx, fs
+
+
+def token_states(indices, from_similarity=None, num_tokens: int = 576, *, row: int = 0) -> np.ndarray:
     """[num_tokens] int8: 0 dropped, 1 kept context token, 2 kept similarity token.
 
-    indices: one row [R] (or [1, R]) of kept token indices; from_similarity: the
-    matching [R] bool (None: every kept token counts as context).
+    indices: kept token indices, [R] or [B, R] (then row ``row`` is drawn), or a
+    PruneResult / HFPruneResult (its indices and from_similarity); from_similarity:
+    the matching bool (None: every kept token counts as context).
     """
-    idx = _to_numpy(indices).reshape(-1).astype(np.int64)
+    indices, from_similarity = _one_row(indices, from_similarity, row)
+    idx = indices.reshape(-1).astype(np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= num_tokens):
         raise ValueError(f"indices must lie in [0, {num_tokens}), got values in [{idx.min()}, {idx.max()}]")
     states = np.zeros(num_tokens, dtype=np.int8)
@@ -111,7 +131,7 @@ def _as_rgb_float(image, rows: int, cols: int) -> np.ndarray:
     return img
 
 
-def render(image, indices, from_similarity=None, *, grid=None, num_tokens: Optional[int] = None,
+def render(image, indices, from_similarity=None, *, grid=None, num_tokens: Optional[int] = None, row: int = 0,
            dim: float = 0.3, alpha: float = 0.45, scale: int = 1, grid_lines: bool = True) -> np.ndarray:
     """The overlay as an [H * scale, W * scale, 3] uint8 array.
 
@@ -120,7 +140,7 @@ def render(image, indices, from_similarity=None, *, grid=None, num_tokens: Optio
     square grid, or None for a square of ``num_tokens`` (default 576: 24 x 24).
     """
     rows, cols = _grid(grid, num_tokens)
-    states = token_states(indices, from_similarity, rows * cols).reshape(rows, cols)
+    states = token_states(indices, from_similarity, rows * cols, row=row).reshape(rows, cols)
     img = _as_rgb_float(image, rows, cols)
     if scale > 1:
         img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
@@ -181,15 +201,15 @@ def save_png(path, rgb: np.ndarray, *, caption: Optional[str] = None) -> str:
 
 
 def save_kept_tokens(path, image, indices, from_similarity=None, *, grid=None, num_tokens: Optional[int] = None,
-                     caption: Union[bool, str] = False, **render_kwargs) -> str:
+                     row: int = 0, caption: Union[bool, str] = False, **render_kwargs) -> str:
     """Render (see ``render``) and write a PNG. ``caption=True`` adds a legend line
     (counts of similarity / context / dropped tokens and their colours); a string
     is used as the caption instead. Returns the path."""
-    rgb = render(image, indices, from_similarity, grid=grid, num_tokens=num_tokens, **render_kwargs)
+    rgb = render(image, indices, from_similarity, grid=grid, num_tokens=num_tokens, row=row, **render_kwargs)
     text = None
     if caption:
         rows, cols = _grid(grid, num_tokens)
-        st = token_states(indices, from_similarity, rows * cols)
+        st = token_states(indices, from_similarity, rows * cols, row=row)
         text = caption if isinstance(caption, str) else (
             f"{int((st == SIMILARITY).sum())} similarity (orange), {int((st == CONTEXT).sum())} context (blue), "
             f"{int((st == DROPPED).sum())} dropped")
@@ -251,7 +271,7 @@ def demo(out: str = "litelvlm_viz_demo.png", *, retain: int = 144, texts: int = 
     values[0, torch.from_numpy(salient)] *= 3.0  # [CLS] draws on these
     res = prune(hidden, text_embeds, q_cls, keys, values, num_retain=retain, proj_weight=proj, ln_weight=ln_w,
                 ln_bias=ln_b, order=order)
-    path = save_kept_tokens(out, img, res.indices[0], res.from_similarity[0], grid=grid, caption=True)
+    path = save_kept_tokens(out, img, res, grid=grid, caption=True)  # row 0 of the PruneResult
     return path, res
 
 

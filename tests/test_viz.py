@@ -70,6 +70,20 @@ def test_caption_strip_and_square_default(tmp_path):
     assert strip.max() == 1.0 and strip.min() < 0.5  # white strip with dark text on it
 
 
+def test_batched_inputs_and_results():
+    idx = torch.tensor([[0, 1], [2, 3]])
+    fs = torch.tensor([[True, False], [False, True]])
+    a = viz.token_states(idx, fs, 4, row=1)
+    assert a.tolist() == [0, 0, viz.CONTEXT, viz.SIMILARITY]
+
+    class Result:  # anything with .indices and .from_similarity (PruneResult, HFPruneResult)
+        indices, from_similarity = idx, fs
+
+    np.testing.assert_array_equal(viz.render(None, Result(), grid=2, row=1), viz.render(None, idx[1], fs[1], grid=2))
+    with pytest.raises(ValueError, match="indices"):
+        viz.token_states(torch.zeros(1, 1, 2, dtype=torch.long), None, 4)
+
+
 def test_render_inputs():
     idx = torch.tensor([[0, 3]])  # [1, R] rows are accepted
     a = viz.render(None, idx, grid=2, grid_lines=False)
