@@ -29,11 +29,12 @@
 namespace litelvlm {
 namespace {
 
-// Rows per parallel task: about 32 KB of copying per task (torch's GRAIN_SIZE is
-// 32768 elements; index_select uses GRAIN_SIZE / slice_size rows). Smaller
-// tasks cost more in OpenMP scheduling than they gain; with 2 threads a 128 KB
-// gather (B=1, R=64, C=1024 fp16) still splits in two.
-constexpr int64_t kGrainBytes = 32768;
+// Rows per parallel task: GRAIN_SIZE (32768) elements, i.e. 64 KB of fp16 rows,
+// the grain torch.index_select uses for its memcpy loop (GRAIN_SIZE / slice_size
+// rows). Same split, same number of threads woken: smaller tasks cost more in
+// OpenMP scheduling than they save (a wake-up is a few us, a 64 KB memcpy ~6 us
+// on one core); with 2 threads B=1, R=64, C=1024 fp16 (128 KB) still splits in two.
+constexpr int64_t kGrainElements = 32768;
 
 template <typename index_t>
 void validate_indices(const index_t* idx, int64_t B, int64_t R, int64_t isB, int64_t isR,
@@ -89,7 +90,7 @@ void gather_kernel(const at::Tensor& tokens, const at::Tensor& indices, const at
   const bool rows_contiguous = C == 1 || (tsC == 1 && osC == 1);
   const int64_t row_bytes = C * itemsize;
   const int64_t rows = B * R;
-  const int64_t grain = std::max<int64_t>(1, kGrainBytes / row_bytes);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
 
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     int64_t b = begin / R, r = begin % R;

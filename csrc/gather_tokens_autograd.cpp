@@ -14,6 +14,7 @@
 // and traceable with symbolic sizes (torch.compile dynamic=True).
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -55,6 +56,13 @@ class GatherTokens : public torch::autograd::Function<GatherTokens> {
 };
 
 at::Tensor gather_tokens_autograd(const at::Tensor& tokens, const at::Tensor& indices) {
+  // Function::apply costs ~1.3 us even when nothing needs a graph (measured on a
+  // tiny gather: 3.4 us with it, 2.1 us without); skip it when no gradient, reverse
+  // or forward mode, can flow.
+  if (!(at::GradMode::is_enabled() && tokens.requires_grad()) && !tokens._fw_grad(0).defined()) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_gather(tokens, indices);
+  }
   return GatherTokens::apply(tokens, indices);
 }
 

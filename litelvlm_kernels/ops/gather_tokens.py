@@ -129,7 +129,25 @@ def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = No
         device or batch size; RuntimeError naming the value and position of an
         out-of-range index on the CPU; a device-side assert on CUDA.
     """
-    _check_args(tokens, indices, out)
-    if out is None:
-        return torch.ops.litelvlm.gather_tokens.default(tokens, indices)
-    return torch.ops.litelvlm.gather_tokens.out(tokens, indices, out=out)
+    if out is not None or torch.compiler.is_compiling():
+        # Dynamo traces the checks once; out= checks autograd up front (the op
+        # has no autograd kernel for its out= overload).
+        _check_args(tokens, indices, out)
+        return _OP(tokens, indices) if out is None else _OP_OUT(tokens, indices, out=out)
+    # Eager fast path: the C++ op checks everything itself, so the Python checks
+    # (~2 us, a third of a whole B=1, R=64 gather) run only after a failure, to
+    # raise the ValueError/TypeError naming the argument. _OP._op is the bound C++
+    # operator, skipping OpOverload.__call__'s Python frame (~0.4 us).
+    try:
+        return _OP_FAST(tokens, indices)
+    except Exception:
+        try:
+            _check_args(tokens, indices, out)
+        except (TypeError, ValueError) as nicer:
+            raise nicer from None
+        raise  # the op's own error, e.g. an out-of-range index
+
+
+_OP = torch.ops.litelvlm.gather_tokens.default
+_OP_OUT = torch.ops.litelvlm.gather_tokens.out
+_OP_FAST = _OP._op
