@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["hf", "LiteLVLMPruner"]
+# Nothing eager in __all__: `from litelvlm_kernels.integrations import *` must not need transformers.
+__all__: list = []
 
 
 def __getattr__(name):
