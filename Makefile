@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench flops bench-prefill report clean
 
 install:
 	bash scripts/install.sh
@@ -16,6 +16,15 @@ test: install
 bench: install
 	$(PYTHON) -m benchmarks.bench_select --quick
 	$(PYTHON) -m benchmarks.bench_gather --quick
+	$(PYTHON) -m benchmarks.report
+
+flops:
+	$(PYTHON) -m litelvlm_kernels.flops --model vicuna-7b --visual 576 --keep 192 128 64 --text 64
+
+bench-prefill:
+	$(PYTHON) -m benchmarks.bench_prefill --threads 1 --rounds 10 --batch 1 2 4
+
+report:
 	$(PYTHON) -m benchmarks.report
 
 clean:

@@ -85,7 +85,7 @@ setup(
     install_requires=["torch>=2.6", "numpy", _triton_requirement()],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
-        "hf": ["transformers"],
+        "hf": ["transformers>=4.45"],
         "plot": ["matplotlib"],
     },
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
