@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install demo test bench flops bench-prefill report clean
+.PHONY: install demo test bench examples flops bench-prefill report clean
 
 install:
 	bash scripts/install.sh
@@ -17,6 +17,12 @@ bench: install
 	$(PYTHON) -m benchmarks.bench_select --quick
 	$(PYTHON) -m benchmarks.bench_gather --quick
 	$(PYTHON) -m benchmarks.report
+
+examples: install
+	$(PYTHON) examples/llava_style_pipeline.py
+	$(PYTHON) examples/visionzip_style.py
+	$(PYTHON) examples/fastv_style.py
+	$(PYTHON) -m litelvlm_kernels.viz --out viz_demo.png
 
 flops:
 	$(PYTHON) -m litelvlm_kernels.flops --model vicuna-7b --visual 576 --keep 192 128 64 --text 64
