@@ -12,7 +12,9 @@ indices [B, R]:
   row indices (``indices + b*M``) precomputed outside the timed region: torch's
   cheapest gather (one memcpy per row), i.e. the strictest baseline;
 - ``torch.gather``: ``torch.gather(tokens, 1, index)`` with the [B, R, C]
-  expanded index precomputed.
+  expanded index precomputed;
+- ``litelvlm.out`` / ``index_select.out``: the same two into a preallocated
+  output (no allocation, no page faults: the copy alone).
 
 On the CPU, timings use ``benchmarks.common.measure`` (torch.utils.benchmark,
 p50/p20/p80); each shape is measured in ``--rounds`` interleaved rounds (all
@@ -24,8 +26,9 @@ percentage of a device-to-device copy measured in the same run (DESIGN.md
 section 7's 100% mark).
 
 Writes ``benchmarks/results/gather-<device>.json`` (long format, one row per
-provider and shape; ``vs_index_select`` = t(index_select) / t(provider), so
->= 0.95 meets the CPU target) and prints a markdown table.
+provider and shape; ``vs_index_select`` = t(index_select) / t(provider), with
+index_select's out= for the out= rows, so >= 0.95 meets the CPU target) and
+prints a markdown table.
 """
 
 from __future__ import annotations
@@ -57,11 +60,17 @@ def providers(tokens, indices):
     rows = tokens.view(B * Mt, C)
     index = indices.long()[..., None].expand(B, R, C)
     op = torch.ops.litelvlm.gather_tokens.default
+    out = torch.empty(B, R, C, dtype=tokens.dtype, device=tokens.device)
+    out2d = out.view(B * R, C)
     return {
         "litelvlm": lambda: gather_tokens(tokens, indices),
         "litelvlm.op": lambda: op(tokens, indices),
         "index_select": lambda: rows.index_select(0, flat),
         "torch.gather": lambda: torch.gather(tokens, 1, index),
+        # out= (no allocation): on the CPU a fresh 100 MB output costs ~30 ms of page
+        # faults, 10x the copy itself, so these rows show the copy alone.
+        "litelvlm.out": lambda: gather_tokens(tokens, indices, out=out),
+        "index_select.out": lambda: torch.index_select(rows, 0, flat, out=out2d),
     }
 
 
@@ -97,7 +106,8 @@ def run(device: str, quick: bool, rounds: int, dtypes) -> List[dict]:
                     "threads": torch.get_num_threads() if dev.type == "cpu" else None,
                     "index_dtype": "int64",
                     "gb_per_s": nbytes / (p50 * 1e-3) / 1e9,
-                    "vs_index_select": t["index_select"]["p50_ms"] / p50,
+                    # out= rows compare with index_select's out=, the others with index_select.
+                    "vs_index_select": t["index_select.out" if name.endswith(".out") else "index_select"]["p50_ms"] / p50,
                     "vs_torch_gather": t["torch.gather"]["p50_ms"] / p50,
                 }
                 if copy_gbs is not None:
