@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, check_device, default_scale, next_pow2
+from ._common import _HAS_TRITON, check_device, default_scale, interpret_mode, next_pow2
 
 if _HAS_TRITON:
     import triton
@@ -73,9 +73,11 @@ def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     check_device(q_cls, keys, values)
     if scale is None:
         scale = default_scale(D)
-    blk = dict(BLOCK_M=16 if B * triton.cdiv(M, 32) < 264 else 32,
-               BLOCK_D=min(128, max(16, next_pow2(D))),
-               BLOCK_F=min(1024, max(16, next_pow2(M))))
+    if interpret_mode():  # ~0.1-0.3 ms per interpreted op whatever its size: few, large tiles
+        blk = dict(BLOCK_M=64, BLOCK_D=min(1024, max(16, next_pow2(D))))
+    else:
+        blk = dict(BLOCK_M=16 if B * triton.cdiv(M, 32) < 264 else 32, BLOCK_D=min(128, max(16, next_pow2(D))))
+    blk["BLOCK_F"] = min(1024, max(16, next_pow2(M)))
     blk.update(_FORCE_BLOCKS)
     nsplit = triton.cdiv(M, blk["BLOCK_M"])
     l_ws = torch.empty((B, M), dtype=torch.float32, device=keys.device)

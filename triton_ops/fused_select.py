@@ -306,7 +306,7 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
     blk = _pick_blocks(B, M, T, Dv, D)
     nsplit = triton.cdiv(M, blk["BLOCK_M"])
     f32 = dict(dtype=torch.float32, device=dev)
-    sim_ws = torch.empty((B, T, M), **f32)
+    sim_ws = torch.empty((B, max(T, 1), M), **f32)  # never 0 elements: no null pointer
     l_ws = torch.empty((B, M), **f32)
     vn_ws = torch.empty((B, M), **f32)
     votes_ws = torch.empty((B, M), dtype=torch.int32, device=dev)
@@ -314,6 +314,8 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
     list_ws = torch.empty((B, M), dtype=torch.int64, device=dev)
     # The only memset: per-call counters, so concurrent streams never share one.
     counters = torch.zeros((B,), dtype=torch.int32, device=dev)
+    if T == 0:  # no texts: w / b are never read; do not hand triton a null pointer
+        w = b = sim_ws
     has_nt = num_texts is not None
     nt = num_texts if has_nt else counters
     s_nt = nt.stride(0) if has_nt else 0

@@ -55,6 +55,8 @@ def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official",
     check_device(s, c)
     s = s.to(torch.float32).contiguous()
     c = c.to(torch.float32).contiguous()
+    if T == 0:  # s is never read; do not hand triton a null pointer
+        s = c
     from_sim = torch.empty((B, R), dtype=torch.uint8, device=dev)
     num_sim = torch.empty((B,), dtype=torch.int32, device=dev)
     votes_ws = torch.empty((B, M), dtype=torch.int32, device=dev)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, check_device, next_pow2, text_strides
+from ._common import _HAS_TRITON, check_device, interpret_mode, next_pow2, text_strides
 
 if _HAS_TRITON:
     import triton
@@ -64,7 +64,11 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
         return out
     check_device(hidden, w, b)
     swb, swt, swd, sbb, sbt = text_strides(w, b, B)
-    blk = dict(BLOCK_M=32, BLOCK_D=min(128, max(16, next_pow2(Dv))), TB=min(16, next_pow2(T)))
+    if interpret_mode():  # ~0.1-0.3 ms per interpreted op whatever its size: few, large tiles
+        blk = dict(BLOCK_M=64, BLOCK_D=min(1024, max(16, next_pow2(Dv))))
+    else:
+        blk = dict(BLOCK_M=32, BLOCK_D=min(128, max(16, next_pow2(Dv))))
+    blk["TB"] = min(16, next_pow2(T))
     blk.update(_FORCE_BLOCKS)
     nsplit = triton.cdiv(M, blk["BLOCK_M"])
     ntg = triton.cdiv(T, blk["TB"])

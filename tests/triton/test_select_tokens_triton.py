@@ -1,0 +1,100 @@
+"""The selection rules (DESIGN.md section 2) of the kernels' row finaliser, on exact scores.
+
+select_tokens runs fused_select's finaliser on given s and c, so these scores can hold
+exact ties, -0.0, NaN and +-inf where we want them, and the result must equal
+reference.select EXACTLY (same scores, no tolerance).
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from litelvlm_kernels import reference as ref
+
+from _inputs import scores
+import _tri
+from _tri import tops
+
+MODES = [1, 0, 2]  # union, intersection, at least 2 votes
+ORDERS = ["official", "spatial"]
+
+
+# The chunked finaliser (rows longer than BLOCK_F) costs ~10 s per case in the interpreter:
+# every mode once, each order at least once.
+CASES = [(mv, o, "registers") for mv, o in itertools.product(MODES, ORDERS)] + [
+    (1, "official", "chunked"), (0, "spatial", "chunked"), (2, "official", "chunked")]
+
+
+@pytest.mark.parametrize("min_votes,order,path", CASES)
+def test_modes_orders_hazards(min_votes, order, path, device):
+    # B=3 rows, T=3 texts, M=45 (odd); ties every 7th / 5th token, -0.0, NaN and +-inf.
+    _tri.force_blocks(dict(BLOCK_F=16) if path == "chunked" else None)  # chunked: 3 chunks of 16
+    s, c = scores(3, 3, 45, device=device, seed=min_votes + 3)
+    for R in (12, 45):
+        out = tops.select_tokens(s, c, R, min_votes, 0, order)
+        _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), R, min_votes, 0, order), f"R={R}")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_num_texts_and_k_per_text(order, device):
+    s, c = scores(4, 3, 40, device=device, seed=7)
+    nt = torch.tensor([3, 0, 1, 7], dtype=torch.int64, device=device)  # 7 is clamped to T = 3
+    for mv, k in [(1, 0), (1, 4), (0, 4), (2, 8)]:
+        out = tops.select_tokens(s, c, 12, mv, k, order, nt)
+        _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), 12, mv, k, order, nt.cpu()), f"mv={mv} k={k}")
+    nt32 = nt.to(torch.int32)
+    _tri.assert_same(tops.select_tokens(s, c, 12, 1, 0, order, nt32), ref.select(s.cpu(), c.cpu(), 12, 1, 0, order, nt.cpu()))
+
+
+def test_all_equal_scores_ties_by_index(device):
+    """Every score equal: bottom-k and recovery both take the lowest indices."""
+    s = torch.zeros(2, 2, 30, device=device)
+    s[1] = -0.0  # -0.0 and +0.0 are equal
+    s[1, 0, ::2] = 0.0
+    c = torch.full((2, 30), 0.5, device=device)
+    for order in ORDERS:
+        out = tops.select_tokens(s, c, 10, 1, 3, order)
+        _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), 10, 1, 3, order))
+        assert out[0][0].sort().values.tolist() == list(range(10))
+
+
+def test_special_value_order(device):
+    """bottom-k: -inf < finite < +inf < NaN; recovery: +inf > finite > -inf > NaN."""
+    nan, inf = float("nan"), float("inf")
+    s = torch.tensor([[[nan, inf, 1.0, -inf, nan, 0.0, -0.0, inf]]], device=device)
+    c = torch.tensor([[nan, -inf, 2.0, inf, nan, -inf, 2.0, 1.0]], device=device)
+    for R in range(1, 9):
+        for order in ORDERS:
+            out = tops.select_tokens(s, c, R, 1, 0, order)
+            _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), R, 1, 0, order), f"R={R} {order}")
+    # the whole bottom-k order and the whole recovery order, explicitly
+    assert tops.select_tokens(s, c, 8, 1, 8, "official")[0][0].tolist() == list(range(8))
+    # k = 1 takes token 3 (-inf) into S; recovery order of the rest: +inf (3 is taken), the
+    # 2.0 tie by index (2, 6), 1.0 (7), -inf by index (1, 5), NaN by index (0, 4).
+    assert tops.select_tokens(s, c, 8, 1, 1, "official")[0][0].tolist() == [2, 6, 7, 1, 5, 0, 4, 3]
+
+
+def test_no_texts_and_clamped_budget(device):
+    s, c = scores(2, 0, 20, device=device)  # T = 0: pure context selection
+    _tri.assert_same(tops.select_tokens(s, c, 7), ref.select(s.cpu(), c.cpu(), 7))
+    s, c = scores(2, 2, 9, device=device)  # R > M: R' = M, every token kept
+    out = tops.select_tokens(s, c, 50, 1, 0, "spatial")
+    _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), 50, 1, 0, "spatial"))
+    assert out[0].shape == (2, 9)
+
+
+def test_empty_and_errors(device):
+    s, c = scores(0, 2, 9, device=device)
+    idx, ns, fs = tops.select_tokens(s, c, 4)
+    assert idx.shape == (0, 4) and ns.shape == (0,) and fs.shape == (0, 4) and fs.dtype == torch.bool
+    s, c = scores(2, 0, 0, device=device)  # M = 0 (with T = 0: T > R' = 0 raises otherwise)
+    idx, ns, fs = tops.select_tokens(s, c, 4)
+    assert idx.shape == (2, 0) and ns.tolist() == [0, 0]
+    s, c = scores(1, 3, 9, device=device)
+    with pytest.raises(ValueError):
+        tops.select_tokens(s, c, 2)  # T > R'
+    with pytest.raises(ValueError):
+        tops.select_tokens(s, c, 6, 1, 3)  # k x T > R'
+    with pytest.raises(ValueError):
+        tops.select_tokens(s, c, 6, 1, 0, "random")
