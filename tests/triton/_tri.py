@@ -8,7 +8,7 @@ from litelvlm_kernels import reference as ref
 from litelvlm_kernels.synthetic import clip_inputs
 from litelvlm_kernels.testing import assert_selection_close
 
-import litelvlm_kernels.triton_ops as tops
+import litelvlm_kernels.triton_ops as tops  # noqa: E402
 
 # The submodules (the package namespace holds the launchers of the same names).
 FS = importlib.import_module("litelvlm_kernels.triton_ops.fused_select")
