@@ -1,0 +1,165 @@
+"""Select + gather: eager reference vs torch.compile(reference) vs the ops (issue 4's targets).
+
+``python -m benchmarks.bench_select [--quick] [--device cpu|cuda] [--threads 2]``
+
+Each provider maps the same CLIP-shaped inputs (T = 2 texts, Dv = D = 1024, P = 768:
+CLIP ViT-L/14-336) to the kept indices AND the gathered tokens [B, R, Dv]:
+
+- ``reference``: ``litelvlm_kernels.reference.prune`` (direct formulas: projects every
+  token, sorts, unique / isin per row) + ``torch.gather``, eager;
+- ``reference.compile``: the same function under ``torch.compile`` (default mode; the
+  reference's per-row Python loop graph-breaks, which is what a user would get);
+- ``ops``: ``torch.ops.litelvlm.fused_select`` on the folded text + ``gather_tokens``.
+  On CUDA that is one Triton launch (plus the row counters' memset) and the gather
+  kernel; on the CPU the lead's batched fast path;
+- ``api``: ``litelvlm_kernels.prune`` with a FoldedText (the wrapper users call:
+  argument checks included);
+- ``ops.cudagraph`` (CUDA only): ``ops`` replayed from a CUDA graph, launch overhead out.
+
+fold_text is done once outside the timed region (a text is folded once and reused).
+Grid: B in {1, 8, 64}, M in {576, 2880}, R in {64, 192}; fp16 on CUDA, fp32 on the CPU.
+``--quick`` (CPU smoke): B in {1, 8}, M = 576. On the CPU, shapes whose inputs exceed
+``--max-gb`` are skipped (the reference's projection alone would need GBs).
+
+Every row carries ``gbs`` (bytes of hidden + keys + values, read once, per second),
+``speedup_vs_reference``, and on CUDA ``pct_of_copy``: gbs over the bandwidth of a
+device-to-device copy measured in the same run (DESIGN.md section 7's 100% mark; the
+copy counts bytes read + written). Rows go to ``benchmarks/results/select-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+import torch
+
+from benchmarks.common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
+
+import litelvlm_kernels as lk
+import litelvlm_kernels.ops  # noqa: F401  (registers torch.ops.litelvlm)
+from litelvlm_kernels import reference
+from litelvlm_kernels.synthetic import CLIP_L14_336, clip_inputs
+
+T_TEXTS = 2
+
+
+def _reference_fn(x, R):
+    def run():
+        idx, _, _ = reference.prune(x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias, x.q_cls,
+                                    x.keys, x.values, R)
+        tokens = torch.gather(x.hidden, 1, idx.unsqueeze(-1).expand(-1, -1, x.hidden.shape[-1]))
+        return idx, tokens
+
+    return run
+
+
+def _compiled_reference_fn(x, R):
+    def body(hidden, text_embeds, proj_weight, ln_weight, ln_bias, q_cls, keys, values):
+        idx, _, _ = reference.prune(hidden, text_embeds, proj_weight, ln_weight, ln_bias, q_cls, keys, values, R)
+        return idx, torch.gather(hidden, 1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+    f = torch.compile(body)
+    args = (x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias, x.q_cls, x.keys, x.values)
+    return lambda: f(*args)
+
+
+def _ops_fn(x, folded, R):
+    w, b = folded.w, folded.b
+
+    def run():
+        idx, _, _ = torch.ops.litelvlm.fused_select(x.hidden, w, b, 1e-5, x.q_cls, x.keys, x.values, R)
+        return idx, torch.ops.litelvlm.gather_tokens(x.hidden, idx)
+
+    return run
+
+
+def _api_fn(x, folded, R):
+    def run():
+        r = lk.prune(x.hidden, folded, x.q_cls, x.keys, x.values, num_retain=R)
+        return r.indices, r.tokens
+
+    return run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke grid: B in {1, 8}, M = 576")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--max-gb", type=float, default=1.0, help="CPU: skip shapes with more input GB than this")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) provider")
+    ap.add_argument("--rep-ms", type=float, default=200.0)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    dtype = torch.float16 if cuda else torch.float32
+    Bs = [1, 8] if args.quick else [1, 8, 64]
+    Ms = [576] if args.quick else [576, 2880]
+    Rs = [64, 192]
+    shape0 = dict(CLIP_L14_336)
+    Dv, D, P = shape0["Dv"], shape0["D"], shape0["P"]
+
+    copy_gbs = copy_bandwidth_gbs(device) if cuda else None
+    if copy_gbs:
+        print(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write) on {torch.cuda.get_device_name(device)}")
+
+    rows = []
+    for B, M, R in itertools.product(Bs, Ms, Rs):
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        nbytes = B * M * (Dv + 2 * D) * itemsize  # hidden + keys + values, read once
+        shape = dict(B=B, T=T_TEXTS, M=M, Dv=Dv, D=D, P=P, R=R)
+        if not cuda and nbytes / 1e9 > args.max_gb:
+            print(f"skip {shape}: {nbytes / 1e9:.2f} GB of inputs > --max-gb {args.max_gb}", file=sys.stderr)
+            continue
+        x = clip_inputs(B, T_TEXTS, M, Dv, D, P, text_batch=1, dtype=dtype, device=device, seed=B + M + R)
+        folded = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
+        providers = [("reference", _reference_fn(x, R))]
+        if not args.no_compile:
+            providers.append(("reference.compile", _compiled_reference_fn(x, R)))
+        providers += [("ops", _ops_fn(x, folded, R)), ("api", _api_fn(x, folded, R))]
+        timings = {}
+        for name, fn in providers:
+            try:
+                timings[name] = measure(fn, device, rep_ms=args.rep_ms)
+            except Exception as e:  # a provider that cannot run here is reported, not fatal
+                print(f"{name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
+        if cuda:
+            try:
+                timings["ops.cudagraph"] = measure(_ops_fn(x, folded, R), device, cuda_graph=True,
+                                                   rep_ms=args.rep_ms)
+            except Exception as e:
+                print(f"ops.cudagraph {shape}: {type(e).__name__}: {e}", file=sys.stderr)
+        t_ref = timings.get("reference", {}).get("p50_ms")
+        for name, t in timings.items():
+            gbs = nbytes / (t["p50_ms"] * 1e-3) / 1e9
+            extra = dict(gbs=gbs, bytes=nbytes)
+            if t_ref:
+                extra["speedup_vs_reference"] = t_ref / t["p50_ms"]
+            if copy_gbs:
+                extra["copy_gbs"] = copy_gbs
+                extra["pct_of_copy"] = 100.0 * gbs / copy_gbs
+            if not cuda:
+                extra["threads"] = torch.get_num_threads()
+            row = make_row("select+gather", name, shape, dtype, t, device=device, **extra)
+            rows.append(row)
+            print(f"{name:18s} B={B:<3d} M={M:<5d} R={R:<4d} p50 {t['p50_ms'] * 1e3:10.1f} us  "
+                  f"{gbs:8.1f} GB/s  x{extra.get('speedup_vs_reference', float('nan')):.1f} vs reference"
+                  + (f"  {extra['pct_of_copy']:.0f}% of copy" if copy_gbs else ""))
+        del x, folded
+        if cuda:
+            torch.cuda.empty_cache()
+
+    path = write_rows(rows, "select", device=device)
+    print(markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "gbs", "speedup_vs_reference"]
+                         + (["pct_of_copy"] if copy_gbs else [])))
+    print(f"wrote {len(rows)} rows to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
