@@ -64,6 +64,12 @@ def text_strides(w: torch.Tensor, b: torch.Tensor, B: int):
     return swb, w.stride(1), w.stride(2), sbb, b.stride(1)
 
 
+def radix_bits(block_f: int) -> int:
+    """Bits per counting step of the k-th key search: 4 (8 steps of [BLOCK_F, 16] compares)
+    while that stays at 16 * BLOCK_F / threads <= 128 compares per thread, else 2."""
+    return 4 if block_f <= 1024 else 2
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -238,38 +244,45 @@ if _HAS_TRITON:
         return m, tl.sum(se, axis=0)
 
     @triton.jit
-    def _kth_smallest(k_ptr, M, k, BLOCK_F: tl.constexpr, SINGLE: tl.constexpr):
+    def _kth_smallest(k_ptr, M, k, BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, BITS: tl.constexpr):
         """Threshold (V, I) of the k smallest (key, index) pairs of one row of int64 keys in
         scratch (keys in [0, 2**32], 2**32 = not eligible): token j is among them iff
         key_j < V or (key_j == V and j <= I). k = 0 selects nothing (V = 0, I = -1).
 
-        V = the k-th smallest key, found by a 32-step bitwise search (each step counts the
-        keys below a candidate); ties at V go to the lowest indices (cumsum in index order).
-        SINGLE (M <= BLOCK_F): the row is loaded once and the 33 counts run in registers;
+        V = the k-th smallest key = the largest V with count(key < V) < k, built from the
+        top bits down, BITS bits per step: each step counts the keys below the 2**BITS
+        candidates V + c * 2**shift at once ([BLOCK_F, 2**BITS] compares, one reduction)
+        and keeps the largest c whose count is still < k (counts grow with c). 32 / BITS
+        sequential reductions (8 at BITS = 4) instead of 32 for a one-bit search. Ties at V
+        go to the lowest indices (cumsum in index order).
+        SINGLE (M <= BLOCK_F): the row is loaded once and every count runs on registers;
         otherwise every count streams the row in chunks of BLOCK_F.
         """
         ar = tl.arange(0, BLOCK_F)
+        cols = tl.arange(0, 1 << BITS).to(tl.int64)
         V = tl.zeros([], dtype=tl.int64)
         one = tl.full([], 1, tl.int64)
         if SINGLE:
             keys = tl.load(k_ptr + ar, mask=ar < M, other=_SENTINEL)
-            for i in range(32):
-                t = V + (one << (31 - i))
-                cnt = tl.sum((keys < t).to(tl.int32), axis=0)
-                V = tl.where(cnt < k, t, V)
+            for i in range(32 // BITS):
+                step = one << (32 - BITS * (i + 1))
+                cand = V + cols * step
+                cnt = tl.sum((keys[:, None] < cand[None, :]).to(tl.int32), axis=0)
+                V = V + tl.sum(((cnt < k) & (cols > 0)).to(tl.int64), axis=0) * step
             need = k - tl.sum((keys < V).to(tl.int32), axis=0)
             eq = keys == V
             cum = tl.cumsum(eq.to(tl.int32), axis=0)
             I = tl.max(tl.where(eq & (cum <= need), ar, -1), axis=0)
         else:
-            for i in range(32):
-                t = V + (one << (31 - i))
-                cnt = tl.zeros([BLOCK_F], dtype=tl.int32)
+            for i in range(32 // BITS):
+                step = one << (32 - BITS * (i + 1))
+                cand = V + cols * step
+                cnt = tl.zeros([1 << BITS], dtype=tl.int32)
                 for c0 in range(0, M, BLOCK_F):
                     offs = c0 + ar
                     keys = tl.load(k_ptr + offs, mask=offs < M, other=_SENTINEL)
-                    cnt += (keys < t).to(tl.int32)
-                V = tl.where(tl.sum(cnt, axis=0) < k, t, V)
+                    cnt += tl.sum((keys[:, None] < cand[None, :]).to(tl.int32), axis=0)
+                V = V + tl.sum(((cnt < k) & (cols > 0)).to(tl.int64), axis=0) * step
             lt = tl.zeros([BLOCK_F], dtype=tl.int32)
             for c0 in range(0, M, BLOCK_F):
                 offs = c0 + ar

@@ -17,6 +17,7 @@ from ._common import (
     default_scale,
     interpret_mode,
     next_pow2,
+    radix_bits,
     text_strides,
 )
 
@@ -41,7 +42,8 @@ if _HAS_TRITON:
         nt_ptr, idx_ptr, fs_ptr, ns_ptr,
         M, T, R, k_per_text, min_votes, s_nt,
         HAS_NT: tl.constexpr, OFFICIAL: tl.constexpr,
-        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr, C_GIVEN: tl.constexpr,
+        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr, BITS: tl.constexpr,
+        C_GIVEN: tl.constexpr,
     ):
         """Selection of one row from its partials (run by the row's last-arriving program).
 
@@ -82,7 +84,7 @@ if _HAS_TRITON:
                 s = tl.load(sim_row + t * M + offs, mask=valid, other=0.0, cache_modifier=".cg")
                 tl.store(keys_row + offs, tl.where(valid, _ascending_key(s), _SENTINEL), mask=valid)
             tl.debug_barrier()
-            V, I = _kth_smallest(keys_row, M, kb, BLOCK_F, SINGLE)
+            V, I = _kth_smallest(keys_row, M, kb, BLOCK_F, SINGLE, BITS)
             for c0 in range(0, M, BLOCK_F):
                 offs = c0 + ar
                 valid = offs < M
@@ -116,7 +118,7 @@ if _HAS_TRITON:
         tl.debug_barrier()
         # |S| <= R' is guaranteed by the shape checks; the clamp keeps memory safe regardless.
         kR = tl.maximum(R - nS, 0)
-        V, I = _kth_smallest(keys_row, M, kR, BLOCK_F, SINGLE)
+        V, I = _kth_smallest(keys_row, M, kR, BLOCK_F, SINGLE, BITS)
 
         # ---- phase C: output.
         o_row = idx_ptr + r64 * R
@@ -193,7 +195,7 @@ if _HAS_TRITON:
         # meta-parameters
         HAS_NT: tl.constexpr, OFFICIAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr,
-        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr,
+        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr, BITS: tl.constexpr,
     ):
         """Single-launch LiteLVLM selection.
 
@@ -248,7 +250,7 @@ if _HAS_TRITON:
             _finalise_row(row, sim_ws, l_ws, vn_ws, votes_ws, keys_ws, list_ws,
                           nt_ptr, idx_ptr, fs_ptr, ns_ptr,
                           M, T, R, k_per_text, min_votes, s_nt,
-                          HAS_NT, OFFICIAL, BLOCK_F, SINGLE, RB, False)
+                          HAS_NT, OFFICIAL, BLOCK_F, SINGLE, RB, BITS, False)
             # Leave the counter as found (0) so a cached workspace could be reused.
             tl.atomic_xchg(cnt_ptr + row, 0)
 
@@ -273,6 +275,7 @@ def _pick_blocks(B: int, M: int, T: int, Dv: int, D: int) -> dict:
     blocks = dict(BLOCK_M=block_m, BLOCK_D=block_d, TB=tb, BLOCK_F=block_f, RB=64)
     blocks.update(_FORCE_BLOCKS)
     blocks["SINGLE"] = M <= blocks["BLOCK_F"]
+    blocks.setdefault("BITS", radix_bits(blocks["BLOCK_F"]))
     return blocks
 
 
@@ -331,7 +334,7 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
             values.stride(0), values.stride(1), values.stride(2), s_nt,
             HAS_NT=has_nt, OFFICIAL=(order == "official"),
             BLOCK_M=blk["BLOCK_M"], BLOCK_D=blk["BLOCK_D"], TB=blk["TB"],
-            BLOCK_F=blk["BLOCK_F"], SINGLE=blk["SINGLE"], RB=blk["RB"],
+            BLOCK_F=blk["BLOCK_F"], SINGLE=blk["SINGLE"], RB=blk["RB"], BITS=blk["BITS"],
             num_warps=_num_warps(blk),
         )
     return indices, num_sim, from_sim.view(torch.bool)

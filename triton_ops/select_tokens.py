@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, check_device, check_select_args, interpret_mode, next_pow2
+from ._common import _HAS_TRITON, check_device, check_select_args, interpret_mode, next_pow2, radix_bits
 
 if _HAS_TRITON:
     import triton
@@ -22,7 +22,7 @@ if _HAS_TRITON:
         M, T, R, k_per_text, min_votes, s_nt,
         # meta-parameters
         HAS_NT: tl.constexpr, OFFICIAL: tl.constexpr,
-        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr,
+        BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr, BITS: tl.constexpr,
     ):
         """Grid: (B,). Shapes: s [B, T, M], c [B, M] fp32 contiguous; outputs as fused_select.
         One program: one row, the whole of fused_select's finaliser (bottom-k per text by
@@ -34,7 +34,7 @@ if _HAS_TRITON:
         _finalise_row(row, s_ptr, c_ptr, c_ptr, votes_ws, keys_ws, list_ws,
                       nt_ptr, idx_ptr, fs_ptr, ns_ptr,
                       M, T, R, k_per_text, min_votes, s_nt,
-                      HAS_NT, OFFICIAL, BLOCK_F, SINGLE, RB, True)
+                      HAS_NT, OFFICIAL, BLOCK_F, SINGLE, RB, BITS, True)
 
 
 # Test / tuning hook, e.g. {"BLOCK_F": 32} to force the chunked (not SINGLE) path.
@@ -67,6 +67,7 @@ def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official",
     blk = dict(BLOCK_F=min(4096, max(16, next_pow2(M))), RB=64)
     blk.update(_FORCE_BLOCKS)
     blk["SINGLE"] = M <= blk["BLOCK_F"]
+    blk.setdefault("BITS", radix_bits(blk["BLOCK_F"]))
     with torch.cuda.device(dev) if dev.type == "cuda" else _null():
         _select_tokens_kernel[(B,)](
             s, c, nt, indices, from_sim, num_sim, votes_ws, keys_ws, list_ws,

@@ -38,7 +38,7 @@ def force_blocks(blocks):
     FS._FORCE_BLOCKS.update(blocks)
     TS._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_M", "BLOCK_D", "TB")})
     CC._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_M", "BLOCK_D", "BLOCK_F")})
-    ST._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_F", "RB")})
+    ST._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_F", "RB", "BITS")})
 
 
 def inputs(B, T, M, Dv, D, P=32, *, dtype=torch.float32, device="cpu", seed=0, text_batch=None, **kw):

@@ -42,14 +42,15 @@ SEL = dict(s_ptr=_p("fp32"), c_ptr=_p("fp32"), nt_ptr=_p("i32"), idx_ptr=_p("i64
 
 VARIANTS = [
     (FS._fused_select_kernel, FUSED, dict(HAS_NT=True, OFFICIAL=True, BLOCK_M=16, BLOCK_D=128, TB=2, BLOCK_F=1024,
-                                          SINGLE=True, RB=64)),
+                                          SINGLE=True, RB=64, BITS=4)),
     (FS._fused_select_kernel, FUSED, dict(HAS_NT=False, OFFICIAL=False, BLOCK_M=32, BLOCK_D=128, TB=16, BLOCK_F=4096,
-                                          SINGLE=True, RB=64)),
+                                          SINGLE=True, RB=64, BITS=2)),
     (FS._fused_select_kernel, FUSED, dict(HAS_NT=True, OFFICIAL=True, BLOCK_M=32, BLOCK_D=128, TB=4, BLOCK_F=4096,
-                                          SINGLE=False, RB=64)),
+                                          SINGLE=False, RB=64, BITS=2)),
     (TS._text_similarity_kernel, SIM, dict(BLOCK_M=32, BLOCK_D=128, TB=16)),
     (CC._cls_contribution_kernel, CLS, dict(BLOCK_M=16, BLOCK_D=128, BLOCK_F=1024)),
-    (ST._select_tokens_kernel, SEL, dict(HAS_NT=True, OFFICIAL=True, BLOCK_F=4096, SINGLE=True, RB=64)),
+    (ST._select_tokens_kernel, SEL, dict(HAS_NT=True, OFFICIAL=True, BLOCK_F=4096, SINGLE=True, RB=64, BITS=2)),
+    (ST._select_tokens_kernel, SEL, dict(HAS_NT=False, OFFICIAL=False, BLOCK_F=1024, SINGLE=True, RB=64, BITS=4)),
 ]
 
 

@@ -36,6 +36,15 @@ def test_modes_orders_hazards(min_votes, order, path, device):
         _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), R, min_votes, 0, order), f"R={R}")
 
 
+@pytest.mark.parametrize("bits", [1, 2, 8])
+def test_search_radix(bits, device):
+    """The k-th key search with 1, 2 and 8 bits per counting step (the launchers use 4 or 2)."""
+    _tri.force_blocks(dict(BITS=bits))
+    s, c = scores(2, 2, 45, device=device, seed=bits)
+    for R, order in ((10, "official"), (30, "spatial")):
+        _tri.assert_same(tops.select_tokens(s, c, R, 1, 0, order), ref.select(s.cpu(), c.cpu(), R, 1, 0, order))
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_num_texts_and_k_per_text(order, device):
     s, c = scores(4, 3, 40, device=device, seed=7)
