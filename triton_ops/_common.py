@@ -12,6 +12,9 @@ import os
 
 import torch
 
+# The library's argument checks (shapes, dtypes, devices; never tensor data).
+from litelvlm_kernels import _validate as V  # noqa: E402
+
 try:  # triton is optional: the package must import without it (CPU-only installs, macOS).
     import triton
     import triton.language as tl
@@ -75,42 +78,9 @@ def next_pow2(n: int) -> int:
 
 
 def check_select_args(T, M, num_retain, min_votes, k_per_text, order):
-    """Shape-only argument checks of DESIGN.md section 2 (no device data is read).
-
-    Uses the library's own validator (litelvlm_kernels._validate.check_select_args) when it
-    is importable, so that every entry point raises the same errors; the fallback below
-    restates the same rules for standalone use of the launchers.
-    """
-    try:
-        from litelvlm_kernels._validate import check_select_args as _lib_check  # type: ignore
-    except Exception:  # pragma: no cover - only before/without the library module
-        _lib_check = None
-    if _lib_check is not None:
-        _lib_check(T, M, num_retain, min_votes, k_per_text, order)
-        return
-    if order not in ("official", "spatial"):
-        raise ValueError(f"order must be 'official' or 'spatial', got {order!r}")
-    if not isinstance(num_retain, int) or num_retain < 0:
-        raise ValueError(f"num_retain must be an int >= 0, got {num_retain!r}")
-    if min_votes < 0:
-        raise ValueError(f"min_votes must be >= 0, got {min_votes}")
-    if k_per_text < 0:
-        raise ValueError(f"k_per_text must be >= 0, got {k_per_text}")
-    r = min(num_retain, M)
-    if M == 0:
-        return
-    if T > r:
-        raise ValueError(f"T={T} texts exceed the clamped budget R'={r}: some row could get k = 0")
-    if k_per_text > 0:
-        k = min(k_per_text, M)
-        if min_votes == 0:
-            if k > r:
-                raise ValueError(f"k_per_text={k_per_text} > R'={r}: the intersection could exceed R'")
-        elif k * T > r * max(1, min_votes):
-            raise ValueError(
-                f"k_per_text={k_per_text} x T={T} > R'={r} x max(1, min_votes={min_votes}): "
-                "the similarity set could exceed R'"
-            )
+    """Shape-only argument checks of DESIGN.md section 2 (no device data is read): the
+    library's own validator, so that every entry point raises the same errors."""
+    V.check_select_args(T, M, num_retain, min_votes, k_per_text, order)
 
 
 if _HAS_TRITON:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, check_device, default_scale, interpret_mode, next_pow2
+from ._common import _HAS_TRITON, V, check_device, default_scale, interpret_mode, next_pow2
 
 if _HAS_TRITON:
     import triton
@@ -66,6 +66,7 @@ _FORCE_BLOCKS: dict = {}
 
 def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale=None) -> torch.Tensor:
     """c [B, M] fp32 from q_cls [B, D], keys / values [B, M, D]; scale defaults to 1/sqrt(D)."""
+    V.check_contribution_inputs(q_cls, keys, values, scale)
     B, M, D = keys.shape
     out = torch.empty((B, M), dtype=torch.float32, device=keys.device)
     if out.numel() == 0:

@@ -12,6 +12,7 @@ import torch
 
 from ._common import (
     _HAS_TRITON,
+    V,
     check_device,
     check_select_args,
     default_scale,
@@ -288,6 +289,7 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
     Returns (indices [B, R'] int64, num_similarity [B] int32, from_similarity [B, R'] bool)
     with R' = min(num_retain, M). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
     """
+    V.check_fused_inputs(hidden, w, b, ln_eps, q_cls, keys, values, scale, num_texts)
     B, M, Dv = hidden.shape
     T = w.shape[1]
     D = q_cls.shape[-1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, check_device, check_select_args, interpret_mode, next_pow2, radix_bits
+from ._common import _HAS_TRITON, V, check_device, check_select_args, interpret_mode, next_pow2, radix_bits
 
 if _HAS_TRITON:
     import triton
@@ -44,6 +44,7 @@ _FORCE_BLOCKS: dict = {}
 def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official", num_texts=None):
     """(indices [B, R'] int64, num_similarity [B] int32, from_similarity [B, R'] bool) from
     s [B, T, M] and c [B, M] (any float dtype; copied to contiguous fp32 if they are not)."""
+    V.check_scores(s, c, num_texts)
     B, T, M = s.shape
     check_select_args(T, M, num_retain, min_votes, k_per_text, order)
     R = min(int(num_retain), M)

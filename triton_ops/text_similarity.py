@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, check_device, interpret_mode, next_pow2, text_strides
+from ._common import _HAS_TRITON, V, check_device, interpret_mode, next_pow2, text_strides
 
 if _HAS_TRITON:
     import triton
@@ -57,6 +57,7 @@ _FORCE_BLOCKS: dict = {}
 
 def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_eps: float) -> torch.Tensor:
     """s [B, T, M] fp32 from hidden [B, M, Dv] and folded text w [Bt, T, Dv], b [Bt, T]."""
+    V.check_similarity_inputs(hidden, w, b, ln_eps)
     B, M, Dv = hidden.shape
     T = w.shape[1]
     out = torch.empty((B, T, M), dtype=torch.float32, device=hidden.device)
