@@ -214,6 +214,24 @@ if _HAS_TRITON:
         return m, tl.sum(se, axis=0)
 
     @triton.jit
+    def _kth_reg(keys, idx, k, BITS: tl.constexpr):
+        """_kth_smallest of keys held on registers (one block = the whole row; idx = the
+        tokens' indices, ascending)."""
+        cols = tl.arange(0, 1 << BITS).to(tl.int64)
+        V = tl.zeros([], dtype=tl.int64)
+        one = tl.full([], 1, tl.int64)
+        for i in range(32 // BITS):
+            step = one << (32 - BITS * (i + 1))
+            cand = V + cols * step
+            cnt = tl.sum((keys[:, None] < cand[None, :]).to(tl.int32), axis=0)
+            V = V + tl.sum(((cnt < k) & (cols > 0)).to(tl.int64), axis=0) * step
+        need = k - tl.sum((keys < V).to(tl.int32), axis=0)
+        eq = keys == V
+        cum = tl.cumsum(eq.to(tl.int32), axis=0)
+        I = tl.max(tl.where(eq & (cum <= need), idx, -1), axis=0)
+        return V, I
+
+    @triton.jit
     def _kth_smallest(k_ptr, M, k, BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, BITS: tl.constexpr):
         """Threshold (V, I) of the k smallest (key, index) pairs of one row of int64 keys in
         scratch (keys in [0, 2**32], 2**32 = not eligible): token j is among them iff
@@ -234,15 +252,7 @@ if _HAS_TRITON:
         one = tl.full([], 1, tl.int64)
         if SINGLE:
             keys = tl.load(k_ptr + ar, mask=ar < M, other=_SENTINEL)
-            for i in range(32 // BITS):
-                step = one << (32 - BITS * (i + 1))
-                cand = V + cols * step
-                cnt = tl.sum((keys[:, None] < cand[None, :]).to(tl.int32), axis=0)
-                V = V + tl.sum(((cnt < k) & (cols > 0)).to(tl.int64), axis=0) * step
-            need = k - tl.sum((keys < V).to(tl.int32), axis=0)
-            eq = keys == V
-            cum = tl.cumsum(eq.to(tl.int32), axis=0)
-            I = tl.max(tl.where(eq & (cum <= need), ar, -1), axis=0)
+            V, I = _kth_reg(keys, ar, k, BITS)
         else:
             for i in range(32 // BITS):
                 step = one << (32 - BITS * (i + 1))

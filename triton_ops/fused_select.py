@@ -31,11 +31,186 @@ if _HAS_TRITON:
         _ascending_key,
         _cls_tile,
         _descending_key,
+        _kth_reg,
         _kth_smallest,
         _q_norm,
         _row_softmax_stats,
         _sim_tile,
     )
+
+    @triton.jit
+    def _rank_recovered(list_row, nR, o_row, f_row, R, RB: tl.constexpr):
+        """Official order of the nR recovered tokens, given as packed (key << 32 | index)
+        int64 in list_row[0:nR]: each one's output position is the number of smaller packed
+        keys (falling contribution, ties by index), counted over RB x RB compare tiles
+        (|recovered| <= R': 9 tiles of 64 x 64 at R' = 192)."""
+        rar = tl.arange(0, RB)
+        big = 0x7FFFFFFFFFFFFFFF
+        for i0 in range(0, nR, RB):
+            im = (i0 + rar) < nR
+            ki = tl.load(list_row + i0 + rar, mask=im, other=big)
+            rank = tl.zeros([RB], dtype=tl.int32)
+            for j0 in range(0, nR, RB):
+                kj = tl.load(list_row + j0 + rar, mask=(j0 + rar) < nR, other=big)
+                rank += tl.sum((kj[None, :] < ki[:, None]).to(tl.int32), axis=1)
+            om = im & (rank < R)
+            tl.store(o_row + rank, ki & 0xFFFFFFFF, mask=om)
+            tl.store(f_row + rank, tl.zeros([RB], dtype=tl.int8), mask=om)
+
+    @triton.jit
+    def _finalise_single(
+        sim_row, l_row, vn_row, list_row, o_row, f_row,
+        M, R, nb, kb, thr, has_s,
+        OFFICIAL: tl.constexpr, BLOCK_F: tl.constexpr, RB: tl.constexpr, BITS: tl.constexpr,
+        C_GIVEN: tl.constexpr,
+    ):
+        """_finalise_row for rows that fit one BLOCK_F chunk: the row's keys, votes and
+        contributions stay on registers from the first load to the output (no scratch
+        round trips, no barriers but the one before the rank tiles). Same arithmetic as
+        the chunked path, so both give bitwise-equal results. Returns |S|."""
+        offs = tl.arange(0, BLOCK_F)
+        valid = offs < M
+        votes = tl.zeros([BLOCK_F], dtype=tl.int32)
+        for t in range(0, nb):
+            s = tl.load(sim_row + t * M + offs, mask=valid, other=0.0, cache_modifier=".cg")
+            key = tl.where(valid, _ascending_key(s), _SENTINEL)
+            V, I = _kth_reg(key, offs, kb, BITS)
+            votes += ((key < V) | ((key == V) & (offs <= I))).to(tl.int32)
+        in_s = valid & has_s & (votes >= thr)
+        nS = tl.sum(in_s.to(tl.int32), axis=0)
+        vn = tl.load(vn_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
+        if C_GIVEN:
+            c = vn
+        else:
+            lg = tl.load(l_row + offs, mask=valid, other=float("-inf"), cache_modifier=".cg")
+            nan = tl.sum((lg != lg).to(tl.int32), axis=0)
+            mx = tl.max(tl.where(lg == lg, lg, float("-inf")), axis=0)
+            mx = tl.where(nan > 0, float("nan"), mx)
+            se = tl.sum(tl.where(valid, tl.exp(lg - mx), 0.0), axis=0)
+            c = tl.exp(lg - mx) / se * vn
+        key = tl.where(valid & (in_s == 0), _descending_key(c), _SENTINEL)
+        V, I = _kth_reg(key, offs, tl.maximum(R - nS, 0), BITS)
+        in_r = valid & ((key < V) | ((key == V) & (offs <= I)))
+        if OFFICIAL:
+            pos = tl.cumsum(in_r.to(tl.int32), axis=0) - 1
+            tl.store(list_row + pos, ((key - 0x80000000) << 32) | offs.to(tl.int64), mask=in_r)
+            nR = tl.sum(in_r.to(tl.int32), axis=0)
+            tl.debug_barrier()
+            _rank_recovered(list_row, nR, o_row, f_row, R, RB)
+            pos = nR + tl.cumsum(in_s.to(tl.int32), axis=0) - 1
+            om = in_s & (pos < R)
+            tl.store(o_row + pos, offs.to(tl.int64), mask=om)
+            tl.store(f_row + pos, tl.full([BLOCK_F], 1, tl.int8), mask=om)
+        else:
+            sel = in_r | in_s
+            pos = tl.cumsum(sel.to(tl.int32), axis=0) - 1
+            om = sel & (pos < R)
+            tl.store(o_row + pos, offs.to(tl.int64), mask=om)
+            tl.store(f_row + pos, in_s.to(tl.int8), mask=om)
+        return nS
+
+    @triton.jit
+    def _finalise_chunked(
+        sim_row, l_row, vn_row, votes_row, keys_row, list_row, o_row, f_row,
+        M, R, nb, kb, thr, has_s,
+        OFFICIAL: tl.constexpr, BLOCK_F: tl.constexpr, RB: tl.constexpr, BITS: tl.constexpr,
+        C_GIVEN: tl.constexpr,
+    ):
+        """_finalise_row for rows longer than BLOCK_F: every pass streams the row in
+        BLOCK_F chunks, keys and votes live in scratch (barriers between writers and
+        readers). Returns |S|."""
+        ar = tl.arange(0, BLOCK_F)
+        # ---- phase A: bottom-k of each text -> votes per token.
+        for t in range(0, nb):
+            for c0 in range(0, M, BLOCK_F):
+                offs = c0 + ar
+                valid = offs < M
+                s = tl.load(sim_row + t * M + offs, mask=valid, other=0.0, cache_modifier=".cg")
+                tl.store(keys_row + offs, tl.where(valid, _ascending_key(s), _SENTINEL), mask=valid)
+            tl.debug_barrier()
+            V, I = _kth_smallest(keys_row, M, kb, BLOCK_F, False, BITS)
+            for c0 in range(0, M, BLOCK_F):
+                offs = c0 + ar
+                valid = offs < M
+                key = tl.load(keys_row + offs, mask=valid, other=_SENTINEL)
+                mem = (key < V) | ((key == V) & (offs <= I))
+                prev = tl.load(votes_row + offs, mask=valid & ((ar * 0 + t) > 0), other=0)
+                tl.store(votes_row + offs, prev + mem.to(tl.int32), mask=valid)
+            # keys_row is rewritten by the next text: every thread must be done reading it.
+            tl.debug_barrier()
+
+        # ---- phase B: contributions c_j = softmax(logits)_j * ||v_j|| of the tokens not in
+        # S, as recovery keys (tokens in S get the sentinel: never recovered).
+        if not C_GIVEN:
+            mx, se = _row_softmax_stats(l_row, M, BLOCK_F)
+        nS_acc = tl.zeros([BLOCK_F], dtype=tl.int32)
+        for c0 in range(0, M, BLOCK_F):
+            offs = c0 + ar
+            valid = offs < M
+            votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
+            in_s = valid & has_s & (votes >= thr)
+            nS_acc += in_s.to(tl.int32)
+            vn = tl.load(vn_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
+            if C_GIVEN:
+                c = vn
+            else:
+                lg = tl.load(l_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
+                c = tl.exp(lg - mx) / se * vn
+            tl.store(keys_row + offs, tl.where(valid & (in_s == 0), _descending_key(c), _SENTINEL),
+                     mask=valid)
+        nS = tl.sum(nS_acc, axis=0)
+        tl.debug_barrier()
+        # |S| <= R' is guaranteed by the shape checks; the clamp keeps memory safe regardless.
+        kR = tl.maximum(R - nS, 0)
+        V, I = _kth_smallest(keys_row, M, kR, BLOCK_F, False, BITS)
+
+        # ---- phase C: output.
+        if OFFICIAL:
+            # Recovered tokens by falling contribution (ties: lower index): compact them as
+            # packed (key << 32 | index) int64 into scratch, then rank each by counting the
+            # smaller packed keys (RB x RB tiles; |recovered| <= R', small in practice).
+            run = tl.zeros([], dtype=tl.int32)
+            for c0 in range(0, M, BLOCK_F):
+                offs = c0 + ar
+                valid = offs < M
+                key = tl.load(keys_row + offs, mask=valid, other=_SENTINEL)
+                mem = valid & ((key < V) | ((key == V) & (offs <= I)))
+                pos = run + tl.cumsum(mem.to(tl.int32), axis=0) - 1
+                packed = ((key - 0x80000000) << 32) | offs.to(tl.int64)
+                tl.store(list_row + pos, packed, mask=mem)
+                run += tl.sum(mem.to(tl.int32), axis=0)
+            nR = run
+            tl.debug_barrier()
+            _rank_recovered(list_row, nR, o_row, f_row, R, RB)
+            # Then S by ascending index.
+            run = tl.zeros([], dtype=tl.int32)
+            for c0 in range(0, M, BLOCK_F):
+                offs = c0 + ar
+                valid = offs < M
+                votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
+                in_s = valid & has_s & (votes >= thr)
+                pos = nR + run + tl.cumsum(in_s.to(tl.int32), axis=0) - 1
+                om = in_s & (pos < R)
+                tl.store(o_row + pos, offs.to(tl.int64), mask=om)
+                tl.store(f_row + pos, tl.full([BLOCK_F], 1, tl.int8), mask=om)
+                run += tl.sum(in_s.to(tl.int32), axis=0)
+        else:
+            # Spatial: every kept token by ascending index.
+            run = tl.zeros([], dtype=tl.int32)
+            for c0 in range(0, M, BLOCK_F):
+                offs = c0 + ar
+                valid = offs < M
+                key = tl.load(keys_row + offs, mask=valid, other=_SENTINEL)
+                in_r = valid & ((key < V) | ((key == V) & (offs <= I)))
+                votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
+                in_s = valid & has_s & (votes >= thr)
+                sel = in_r | in_s
+                pos = run + tl.cumsum(sel.to(tl.int32), axis=0) - 1
+                om = sel & (pos < R)
+                tl.store(o_row + pos, offs.to(tl.int64), mask=om)
+                tl.store(f_row + pos, in_s.to(tl.int8), mask=om)
+                run += tl.sum(sel.to(tl.int32), axis=0)
+        return nS
 
     @triton.jit
     def _finalise_row(
@@ -76,110 +251,14 @@ if _HAS_TRITON:
         # Scalar conditions are broadcast to blocks before '&' with block masks (the
         # interpreter turns scalar-bool & block-bool into int32, which tl.load rejects).
         has_s = (ar * 0 + nb) > 0
-
-        # ---- phase A: bottom-k of each text -> votes per token.
-        for t in range(0, nb):
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
-                s = tl.load(sim_row + t * M + offs, mask=valid, other=0.0, cache_modifier=".cg")
-                tl.store(keys_row + offs, tl.where(valid, _ascending_key(s), _SENTINEL), mask=valid)
-            tl.debug_barrier()
-            V, I = _kth_smallest(keys_row, M, kb, BLOCK_F, SINGLE, BITS)
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
-                key = tl.load(keys_row + offs, mask=valid, other=_SENTINEL)
-                mem = (key < V) | ((key == V) & (offs <= I))
-                prev = tl.load(votes_row + offs, mask=valid & ((ar * 0 + t) > 0), other=0)
-                tl.store(votes_row + offs, prev + mem.to(tl.int32), mask=valid)
-            # keys_row is rewritten by the next text: every thread must be done reading it.
-            tl.debug_barrier()
-
-        # ---- phase B: contributions c_j = softmax(logits)_j * ||v_j|| of the tokens not in
-        # S, as recovery keys (tokens in S get the sentinel: never recovered).
-        if not C_GIVEN:
-            mx, se = _row_softmax_stats(l_row, M, BLOCK_F)
-        nS_acc = tl.zeros([BLOCK_F], dtype=tl.int32)
-        for c0 in range(0, M, BLOCK_F):
-            offs = c0 + ar
-            valid = offs < M
-            votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
-            in_s = valid & has_s & (votes >= thr)
-            nS_acc += in_s.to(tl.int32)
-            vn = tl.load(vn_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
-            if C_GIVEN:
-                c = vn
-            else:
-                lg = tl.load(l_row + offs, mask=valid, other=0.0, cache_modifier=".cg")
-                c = tl.exp(lg - mx) / se * vn
-            tl.store(keys_row + offs, tl.where(valid & (in_s == 0), _descending_key(c), _SENTINEL),
-                     mask=valid)
-        nS = tl.sum(nS_acc, axis=0)
-        tl.debug_barrier()
-        # |S| <= R' is guaranteed by the shape checks; the clamp keeps memory safe regardless.
-        kR = tl.maximum(R - nS, 0)
-        V, I = _kth_smallest(keys_row, M, kR, BLOCK_F, SINGLE, BITS)
-
-        # ---- phase C: output.
         o_row = idx_ptr + r64 * R
         f_row = fs_ptr + r64 * R
-        if OFFICIAL:
-            # Recovered tokens by falling contribution (ties: lower index): compact them as
-            # packed (key << 32 | index) int64 into scratch, then rank each by counting the
-            # smaller packed keys (RB x RB tiles; |recovered| <= R', small in practice).
-            run = tl.zeros([], dtype=tl.int32)
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
-                key = tl.load(keys_row + offs, mask=valid, other=_SENTINEL)
-                mem = valid & ((key < V) | ((key == V) & (offs <= I)))
-                pos = run + tl.cumsum(mem.to(tl.int32), axis=0) - 1
-                packed = ((key - 0x80000000) << 32) | offs.to(tl.int64)
-                tl.store(list_row + pos, packed, mask=mem)
-                run += tl.sum(mem.to(tl.int32), axis=0)
-            nR = run
-            tl.debug_barrier()
-            rar = tl.arange(0, RB)
-            big = 0x7FFFFFFFFFFFFFFF
-            for i0 in range(0, nR, RB):
-                im = (i0 + rar) < nR
-                ki = tl.load(list_row + i0 + rar, mask=im, other=big)
-                rank = tl.zeros([RB], dtype=tl.int32)
-                for j0 in range(0, nR, RB):
-                    kj = tl.load(list_row + j0 + rar, mask=(j0 + rar) < nR, other=big)
-                    rank += tl.sum((kj[None, :] < ki[:, None]).to(tl.int32), axis=1)
-                om = im & (rank < R)
-                tl.store(o_row + rank, ki & 0xFFFFFFFF, mask=om)
-                tl.store(f_row + rank, tl.zeros([RB], dtype=tl.int8), mask=om)
-            # Then S by ascending index.
-            run = tl.zeros([], dtype=tl.int32)
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
-                votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
-                in_s = valid & has_s & (votes >= thr)
-                pos = nR + run + tl.cumsum(in_s.to(tl.int32), axis=0) - 1
-                om = in_s & (pos < R)
-                tl.store(o_row + pos, offs.to(tl.int64), mask=om)
-                tl.store(f_row + pos, tl.full([BLOCK_F], 1, tl.int8), mask=om)
-                run += tl.sum(in_s.to(tl.int32), axis=0)
+        if SINGLE:
+            nS = _finalise_single(sim_row, l_row, vn_row, list_row, o_row, f_row, M, R, nb, kb, thr, has_s,
+                                  OFFICIAL, BLOCK_F, RB, BITS, C_GIVEN)
         else:
-            # Spatial: every kept token by ascending index.
-            run = tl.zeros([], dtype=tl.int32)
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
-                key = tl.load(keys_row + offs, mask=valid, other=_SENTINEL)
-                in_r = valid & ((key < V) | ((key == V) & (offs <= I)))
-                votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
-                in_s = valid & has_s & (votes >= thr)
-                sel = in_r | in_s
-                pos = run + tl.cumsum(sel.to(tl.int32), axis=0) - 1
-                om = sel & (pos < R)
-                tl.store(o_row + pos, offs.to(tl.int64), mask=om)
-                tl.store(f_row + pos, in_s.to(tl.int8), mask=om)
-                run += tl.sum(sel.to(tl.int32), axis=0)
+            nS = _finalise_chunked(sim_row, l_row, vn_row, votes_row, keys_row, list_row, o_row, f_row,
+                                   M, R, nb, kb, thr, has_s, OFFICIAL, BLOCK_F, RB, BITS, C_GIVEN)
         tl.store(ns_ptr + row, nS)
 
     @triton.jit

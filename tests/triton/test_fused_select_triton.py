@@ -203,3 +203,16 @@ def test_long_rows(device):
     """M = 16384 (the stress shape's row length) at small widths: 256 programs, chunked finaliser."""
     x, w, b = _tri.inputs(1, 2, 16384, 8, 8, 8, device=device, seed=17, outliers=0)
     _check(x, w, b, 192, exact=False)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_register_and_chunked_finalisers_agree(order, device):
+    """The register-resident finaliser (row <= BLOCK_F) and the chunked one give the same
+    selection: same similarity keys; the softmax denominator is summed in other chunks,
+    which rescales a whole row of c by one factor (the ranking could only move within an
+    ulp, and this seed has no such tie)."""
+    x, w, b = _tri.inputs(2, 3, 50, 40, 24, device=device, seed=21)
+    _tri.force_blocks(dict(BLOCK_M=16, BLOCK_D=32, BLOCK_F=64))
+    single = _tri.fused(x, w, b, 20, order=order, min_votes=2)
+    _tri.force_blocks(dict(BLOCK_M=16, BLOCK_D=32, BLOCK_F=16, BITS=4))
+    _tri.assert_same(_tri.fused(x, w, b, 20, order=order, min_votes=2), single, "chunked vs registers")
