@@ -292,12 +292,14 @@ if _HAS_TRITON:
         program that sees NSPLIT - 1 is the last of the row: it runs _finalise_row (bottom-k
         per text, votes, softmax, recovery, order) and resets the counter to 0.
 
-        Block sizes: BLOCK_M tokens x BLOCK_D features per tile (16-32 x 128 with 4 warps:
-        4-8 KB of fp16 per load, enough in flight per SM; BLOCK_M = 16 at small B so that
-        B = 1, M = 576 still spreads over 36 SMs). BLOCK_F (finaliser chunk) = next_pow2(M)
-        up to 4096 so that typical rows stay in registers during the 33 counting steps of
-        every bottom-k (SINGLE); longer rows stream 2048-token chunks from L2. TB = texts
-        per pass (next_pow2(T), <= 16). RB = 64: rank tiles of 64 x 64 compares.
+        Block sizes: BLOCK_M tokens x BLOCK_D features per tile (16 x 128 with 4 warps or
+        32 x 128 with 8: 4-8 KB of fp16 per load; BLOCK_M = 16 at small B so that B = 1,
+        M = 576 still spreads over 36 SMs). BLOCK_F (finaliser chunk) = next_pow2(M) up to
+        4096, so that typical rows stay on registers through the whole finaliser (SINGLE);
+        longer rows stream 4096-token chunks from L2. BITS = 4 (2 above BLOCK_F = 1024):
+        bits per counting step of the k-th key search. TB = texts per pass
+        (next_pow2(T), <= 16). RB = 64: rank tiles of 64 x 64 compares.
+        The block sizes are reasoned, not yet tuned on a GPU (docs/triton.md).
         """
         pid = tl.program_id(0)
         row = pid // NSPLIT
