@@ -18,7 +18,9 @@ CLIP ViT-L/14-336) to the kept indices AND the gathered tokens [B, R, Dv]:
 
 fold_text is done once outside the timed region (a text is folded once and reused).
 Grid: B in {1, 8, 64}, M in {576, 2880}, R in {64, 192}; fp16 on CUDA, fp32 on the CPU.
-``--quick`` (CPU smoke): B in {1, 8}, M = 576. On the CPU, shapes whose inputs exceed
+``--quick`` (CPU smoke): B in {1, 8}, M = 576. On the CPU each shape is measured in
+``--rounds`` interleaved rounds (every provider once per round; the median of the
+rounds' quantiles is kept) so that load from other processes hits every provider alike. On the CPU, shapes whose inputs exceed
 ``--max-gb`` are skipped (the reference's projection alone would need GBs).
 
 Every row carries ``gbs`` (bytes of hidden + keys + values, read once, per second),
@@ -83,6 +85,10 @@ def _api_fn(x, folded, R):
     return run
 
 
+def _median_quantiles(ts):
+    return {k: sorted(t[k] for t in ts)[len(ts) // 2] for k in ts[0]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -91,10 +97,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-gb", type=float, default=1.0, help="CPU: skip shapes with more input GB than this")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) provider")
     ap.add_argument("--rep-ms", type=float, default=200.0)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per shape (default 3 on the CPU, 1 on CUDA)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.rounds is None:
+        args.rounds = 1 if cuda else 3
     if not cuda:
         torch.set_num_threads(args.threads)
     dtype = torch.float16 if cuda else torch.float32
@@ -122,12 +132,16 @@ def main(argv=None) -> int:
         if not args.no_compile:
             providers.append(("reference.compile", _compiled_reference_fn(x, R)))
         providers += [("ops", _ops_fn(x, folded, R)), ("api", _api_fn(x, folded, R))]
-        timings = {}
-        for name, fn in providers:
-            try:
-                timings[name] = measure(fn, device, rep_ms=args.rep_ms)
-            except Exception as e:  # a provider that cannot run here is reported, not fatal
-                print(f"{name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
+        # Interleaved rounds (every provider once per round, median of the rounds'
+        # quantiles): a burst of load on a shared machine hits every provider alike.
+        per_round = {}
+        for _ in range(args.rounds):
+            for name, fn in providers:
+                try:
+                    per_round.setdefault(name, []).append(measure(fn, device, rep_ms=args.rep_ms))
+                except Exception as e:  # a provider that cannot run here is reported, not fatal
+                    print(f"{name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
+        timings = {name: _median_quantiles(ts) for name, ts in per_round.items() if ts}
         if cuda:
             try:
                 timings["ops.cudagraph"] = measure(_ops_fn(x, folded, R), device, cuda_graph=True,
