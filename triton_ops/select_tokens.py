@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, V, check_device, check_select_args, interpret_mode, next_pow2, radix_bits
+from ._common import _HAS_TRITON, V, check_device, check_select_args, next_pow2, radix_bits
 
 if _HAS_TRITON:
     import triton

@@ -17,7 +17,7 @@ from litelvlm_kernels import reference as ref
 
 from _inputs import noncontig
 import _tri
-from _tri import FS, tops
+from _tri import FS
 
 MODES = [1, 0, 2]
 ORDERS = ["official", "spatial"]
