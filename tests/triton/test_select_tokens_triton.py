@@ -107,3 +107,40 @@ def test_empty_and_errors(device):
         tops.select_tokens(s, c, 6, 1, 3)  # k x T > R'
     with pytest.raises(ValueError):
         tops.select_tokens(s, c, 6, 1, 0, "random")
+
+
+def test_random_sweep(device):
+    """60 random configurations (shapes, modes, orders, num_texts, k_per_text, coarse
+    scores with many ties, NaN/inf): every one EXACTLY equal to reference.select."""
+    g = torch.Generator().manual_seed(1234)
+
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    ran = 0
+    for case in range(60):
+        B, T, M = rint(1, 3), rint(0, 4), rint(1, 70)
+        R = rint(max(T, 1), M + 5)
+        s = torch.randint(-3, 4, (B, T, M), generator=g).float()  # coarse: many exact ties
+        c = torch.randint(0, 5, (B, M), generator=g).float() / 4
+        for t, v in ((s, float("nan")), (s, float("inf")), (s, float("-inf")), (c, float("nan")), (c, float("inf"))):
+            if t.numel():
+                t.view(-1)[torch.randint(0, t.numel(), (2,), generator=g)] = v
+        mv = [1, 0, 2][rint(0, 2)]
+        order = ORDERS[rint(0, 1)]
+        nt = torch.randint(-1, T + 2, (B,), generator=g) if rint(0, 1) else None
+        r = min(R, M)
+        k = rint(1, max(1, r // max(T, 1))) if rint(0, 1) and T else 0
+        if mv == 2 and k:
+            k = min(M, rint(1, max(1, 2 * r // max(T, 1))))
+        try:
+            expected = ref.select(s, c, R, mv, k, order, nt)
+        except ValueError:
+            continue  # an argument combination the shape checks reject
+        _tri.force_blocks(dict(BLOCK_F=16) if case % 4 == 3 else None)
+        out = tops.select_tokens(s.to(device), c.to(device), R, mv, k, order,
+                                 None if nt is None else nt.to(device))
+        _tri.assert_same(out, expected, f"case {case}: B={B} T={T} M={M} R={R} mv={mv} k={k} {order} nt={nt}")
+        ran += 1
+    assert ran >= 30, ran
+    print(f"{ran} random configurations checked")
