@@ -226,3 +226,26 @@ def test_many_texts(T, TB, device):
     nt = torch.tensor([T, T // 2], device=device)
     _check(x, w, b, 32, num_texts=nt)
     _check(x, w, b, 32, min_votes=2, order="spatial")
+
+
+def test_random_sweep(device):
+    """10 random small configurations (B, T, M, R, mode, order, num_texts, text broadcast,
+    dtype, block sizes): vs the reference (near-ties only) and vs the separate kernels."""
+    g = torch.Generator().manual_seed(99)
+
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    for case in range(10):
+        B, T = rint(1, 3), rint(1, 4)
+        M = rint(T + 1, 90)
+        R = rint(T, M)
+        mv = [1, 0, 2][rint(0, 2)]
+        order = ORDERS[rint(0, 1)]
+        dtype = [torch.float32, torch.float16, torch.bfloat16][rint(0, 2)]
+        nt = torch.randint(0, T + 1, (B,), generator=g).to(device) if rint(0, 1) else None
+        _tri.force_blocks(dict(BLOCK_M=[16, 32, 64][rint(0, 2)], BLOCK_D=[16, 32][rint(0, 1)],
+                               BLOCK_F=[16, 32, 128][rint(0, 2)]))
+        x, w, b = _tri.inputs(B, T, M, rint(8, 40), rint(4, 24), 16, dtype=dtype, device=device, seed=case,
+                              text_batch=1 if rint(0, 1) else None)
+        _check(x, w, b, R, min_votes=mv, order=order, num_texts=nt)
