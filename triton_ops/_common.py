@@ -7,6 +7,7 @@ Everything here is private; the public launchers live one per file
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -76,6 +77,17 @@ def radix_bits(block_f: int) -> int:
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
+
+
+def device_guard(device: torch.device):
+    """Launch on the tensors' GPU (not the current one); a no-op context on the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def num_warps(blk) -> int:
+    # Untuned (no GPU yet): 8 warps for the wider tiles keeps ptxas under 255 registers
+    # per thread without spills (tests/triton/aot_compile.py prints the counts).
+    return 8 if blk["BLOCK_M"] >= 32 else 4
 
 def check_select_args(T, M, num_retain, min_votes, k_per_text, order):
     """Shape-only argument checks of DESIGN.md section 2 (no device data is read): the

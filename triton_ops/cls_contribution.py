@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, V, check_device, default_scale, interpret_mode, next_pow2
+from ._common import _HAS_TRITON, V, check_device, default_scale, interpret_mode, next_pow2, device_guard, num_warps
 
 if _HAS_TRITON:
     import triton
@@ -84,26 +84,13 @@ def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     l_ws = torch.empty((B, M), dtype=torch.float32, device=keys.device)
     vn_ws = torch.empty((B, M), dtype=torch.float32, device=keys.device)
     counters = torch.zeros((B,), dtype=torch.int32, device=keys.device)
-    with torch.cuda.device(keys.device) if keys.is_cuda else _null():
+    with device_guard(keys.device):
         _cls_contribution_kernel[(B * nsplit,)](
             q_cls, keys, values, out, l_ws, vn_ws, counters,
             M, D, float(scale), nsplit,
             q_cls.stride(0), q_cls.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             values.stride(0), values.stride(1), values.stride(2),
-            num_warps=_num_warps(blk), **blk,
+            num_warps=num_warps(blk), **blk,
         )
     return out
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _num_warps(blk) -> int:
-    # Untuned (no GPU yet): 8 warps for the wider tiles keeps ptxas under 255 registers
-    # per thread without spills (tests/triton/aot_compile.py prints the counts).
-    return 8 if blk["BLOCK_M"] >= 32 else 4

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    device_guard,
+    num_warps,
     _HAS_TRITON,
     V,
     check_device,
@@ -406,7 +408,7 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
     nt = num_texts if has_nt else counters
     s_nt = nt.stride(0) if has_nt else 0
 
-    with torch.cuda.device(dev) if dev.type == "cuda" else _nullctx():
+    with device_guard(dev):
         _fused_select_kernel[(B * nsplit,)](
             hidden, w, b, q_cls, keys, values, nt,
             indices, from_sim, num_sim,
@@ -418,20 +420,7 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
             HAS_NT=has_nt, OFFICIAL=(order == "official"),
             BLOCK_M=blk["BLOCK_M"], BLOCK_D=blk["BLOCK_D"], TB=blk["TB"],
             BLOCK_F=blk["BLOCK_F"], SINGLE=blk["SINGLE"], RB=blk["RB"], BITS=blk["BITS"],
-            num_warps=_num_warps(blk),
+            num_warps=num_warps(blk),
         )
     return indices, num_sim, from_sim.view(torch.bool)
 
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _num_warps(blk) -> int:
-    # Untuned (no GPU yet): 8 warps for the wider tiles keeps ptxas under 255 registers
-    # per thread without spills (tests/triton/aot_compile.py prints the counts).
-    return 8 if blk["BLOCK_M"] >= 32 else 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, V, check_device, check_select_args, next_pow2, radix_bits
+from ._common import _HAS_TRITON, V, check_device, check_select_args, next_pow2, radix_bits, device_guard
 
 if _HAS_TRITON:
     import triton
@@ -69,24 +69,16 @@ def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official",
     blk.update(_FORCE_BLOCKS)
     blk["SINGLE"] = M <= blk["BLOCK_F"]
     blk.setdefault("BITS", radix_bits(blk["BLOCK_F"]))
-    with torch.cuda.device(dev) if dev.type == "cuda" else _null():
+    with device_guard(dev):
         _select_tokens_kernel[(B,)](
             s, c, nt, indices, from_sim, num_sim, votes_ws, keys_ws, list_ws,
             M, T, R, int(k_per_text), int(min_votes), nt.stride(0) if has_nt else 0,
-            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=_num_warps(blk), **blk,
+            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=_finaliser_warps(blk), **blk,
         )
     return indices, num_sim, from_sim.view(torch.bool)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _num_warps(blk) -> int:
+def _finaliser_warps(blk) -> int:
     # Untuned (no GPU yet): 8 warps for the wider tiles keeps ptxas under 255 registers
     # per thread without spills (tests/triton/aot_compile.py prints the counts).
     return 8 if blk["BLOCK_F"] >= 2048 else 4

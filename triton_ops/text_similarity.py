@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, V, check_device, interpret_mode, next_pow2, text_strides
+from ._common import _HAS_TRITON, V, check_device, interpret_mode, next_pow2, text_strides, device_guard, num_warps
 
 if _HAS_TRITON:
     import triton
@@ -73,25 +73,12 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
     blk.update(_FORCE_BLOCKS)
     nsplit = triton.cdiv(M, blk["BLOCK_M"])
     ntg = triton.cdiv(T, blk["TB"])
-    with torch.cuda.device(hidden.device) if hidden.is_cuda else _null():
+    with device_guard(hidden.device):
         _text_similarity_kernel[(B * nsplit * ntg,)](
             hidden, w, b, out,
             M, Dv, T, float(ln_eps), nsplit, ntg,
             hidden.stride(0), hidden.stride(1), hidden.stride(2), swb, swt, swd, sbb, sbt,
-            num_warps=_num_warps(blk), **blk,
+            num_warps=num_warps(blk), **blk,
         )
     return out
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _num_warps(blk) -> int:
-    # Untuned (no GPU yet): 8 warps for the wider tiles keeps ptxas under 255 registers
-    # per thread without spills (tests/triton/aot_compile.py prints the counts).
-    return 8 if blk["BLOCK_M"] >= 32 else 4
