@@ -16,11 +16,10 @@ indices [B, R]:
 - ``litelvlm.out`` / ``index_select.out``: the same two into a preallocated
   output (no allocation, no page faults: the copy alone).
 
-On the CPU, timings use ``benchmarks.common.measure`` (torch.utils.benchmark,
-p50/p20/p80); each shape is measured in ``--rounds`` interleaved rounds (all
-providers once per round) and the median of the rounds' quantiles is kept, so a
-burst of load from other processes on a shared machine hits every provider
-alike. On CUDA, ``measure`` uses triton.testing.do_bench, and each row also
+On the CPU the providers' calls are interleaved one by one (random order,
+>= 0.3 s and >= 20 calls each) and p50/p20/p80 are taken over the per-call
+times (see ``_interleaved_cpu`` for why not ``common.measure`` here).
+On CUDA, ``measure`` uses triton.testing.do_bench, and each row also
 carries GB/s (bytes read + written: 2 * B*R*C*itemsize + indices) and the
 percentage of a device-to-device copy measured in the same run (DESIGN.md
 section 7's 100% mark).
@@ -34,8 +33,9 @@ prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
-from typing import Dict, List
+import random
+import time
+from typing import Callable, Dict, List
 
 import torch
 
@@ -74,11 +74,43 @@ def providers(tokens, indices):
     }
 
 
-def _median_timing(timings: List[Dict[str, float]]) -> Dict[str, float]:
-    return {k: statistics.median(t[k] for t in timings) for k in ("p50_ms", "p20_ms", "p80_ms")}
+def _interleaved_cpu(fns: Dict[str, Callable[[], object]], min_s: float = 0.3, min_calls: int = 20,
+                     max_calls: int = 3000) -> Dict[str, Dict[str, float]]:
+    """p50/p20/p80 per provider, the providers' calls interleaved one by one.
+
+    Why not ``common.measure`` per provider on the CPU: this machine is shared,
+    and while another process holds the second core every 2-thread parallel
+    region (ours and torch's alike) waits a scheduler slice (~8 ms) for its
+    second thread, in bursts of seconds to minutes. Timing the providers one
+    after another lets such a burst land on one of them (0.35x or 3x "speedups"
+    between two calls of the same code were seen). Calling them in turn, in a
+    random order, gives every provider the same share of the bursts.
+    """
+    names = list(fns)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for n in names:  # warm-up
+        fns[n]()
+    rng = random.Random(0)
+    calls = 0
+    while calls < max_calls and (calls < min_calls or min(sum(v) for v in times.values()) < min_s):
+        # A fresh random order each time: with a fixed cyclic order a provider would
+        # always run right after the same one (e.g. after torch.gather's cache and
+        # page-table churn), a bias of up to 20% seen here.
+        order = rng.sample(names, len(names))
+        for n in order:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+        calls += 1
+    out = {}
+    for n, v in times.items():
+        q = torch.quantile(torch.tensor(v, dtype=torch.float64) * 1e3,
+                           torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)).tolist()
+        out[n] = {"p50_ms": q[0], "p20_ms": q[1], "p80_ms": q[2], "calls": len(v)}
+    return out
 
 
-def run(device: str, quick: bool, rounds: int, dtypes) -> List[dict]:
+def run(device: str, quick: bool, dtypes) -> List[dict]:
     dev = torch.device(device)
     copy_gbs = copy_bandwidth_gbs(dev) if dev.type == "cuda" else None
     rows = []
@@ -91,20 +123,19 @@ def run(device: str, quick: bool, rounds: int, dtypes) -> List[dict]:
             expected = fns["index_select"]().view(B, R, C)
             for name, fn in fns.items():
                 assert torch.equal(fn().view(B, R, C), expected), name
-            timings: Dict[str, List[Dict[str, float]]] = {name: [] for name in fns}
-            for _ in range(rounds):
-                for name, fn in fns.items():
-                    timings[name].append(measure(fn, dev))
             del expected
-            t = {name: _median_timing(v) for name, v in timings.items()}
+            if dev.type == "cpu":
+                t = _interleaved_cpu(fns)
+            else:
+                t = {name: measure(fn, dev) for name, fn in fns.items()}
             nbytes = 2 * B * R * C * tokens.element_size() + indices.numel() * indices.element_size()
             shape = {"B": B, "M": M, "C": C, "R": R}
             for name in fns:
                 p50 = t[name]["p50_ms"]
                 extra = {
-                    "rounds": rounds,
                     "threads": torch.get_num_threads() if dev.type == "cpu" else None,
                     "index_dtype": "int64",
+                    "method": "interleaved per call" if dev.type == "cpu" else "triton.testing.do_bench",
                     "gb_per_s": nbytes / (p50 * 1e-3) / 1e9,
                     # out= rows compare with index_select's out=, the others with index_select.
                     "vs_index_select": t["index_select.out" if name.endswith(".out") else "index_select"]["p50_ms"] / p50,
@@ -121,17 +152,15 @@ def run(device: str, quick: bool, rounds: int, dtypes) -> List[dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
-    p.add_argument("--quick", action="store_true", help="3 shapes, fp16 only, 1 round")
+    p.add_argument("--quick", action="store_true", help="3 shapes, fp16 only")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs (default 2)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape (default 3, quick 1)")
     p.add_argument("--no-write", action="store_true", help="print only, write no JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rounds = args.rounds or (1 if args.quick else 3)
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.float32]
     for device in devices:
-        rows = run(device, args.quick, rounds, dtypes)
+        rows = run(device, args.quick, dtypes)
         cols = ["provider", "B", "C", "R", "dtype", "p50_ms", "p20_ms", "p80_ms", "gb_per_s", "vs_index_select",
                 "vs_torch_gather"]
         if torch.device(device).type == "cuda":

