@@ -39,8 +39,11 @@ def cases(device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (1: a busy second core makes parallel ops wait, hiding the dispatcher)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = []
     for op, (via_op, direct) in cases(args.device).items():
         t_op, t_direct = measure(via_op, args.device), measure(direct, args.device)
