@@ -17,7 +17,7 @@ indices [B, R]:
   output (no allocation, no page faults: the copy alone).
 
 On the CPU the providers' calls are interleaved one by one (random order,
->= 0.3 s and >= 20 calls each) and p50/p20/p80 are taken over the per-call
+>= 0.3 s and >= 40 calls each) and p50/p20/p80 are taken over the per-call
 times (see ``_interleaved_cpu`` for why not ``common.measure`` here).
 On CUDA, ``measure`` uses triton.testing.do_bench, and each row also
 carries GB/s (bytes read + written: 2 * B*R*C*itemsize + indices) and the
@@ -74,7 +74,7 @@ def providers(tokens, indices):
     }
 
 
-def _interleaved_cpu(fns: Dict[str, Callable[[], object]], min_s: float = 0.3, min_calls: int = 20,
+def _interleaved_cpu(fns: Dict[str, Callable[[], object]], min_s: float = 0.3, min_calls: int = 40,
                      max_calls: int = 3000) -> Dict[str, Dict[str, float]]:
     """p50/p20/p80 per provider, the providers' calls interleaved one by one.
 
