@@ -75,7 +75,7 @@ setup(
     description="Fused kernels for LiteLVLM text-guided visual token pruning",
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     # triton_ops/ lives at the top of the repo but installs inside our package,
     # so it cannot collide with another project's top-level `triton_ops`.
     packages=find_packages(include=["litelvlm_kernels", "litelvlm_kernels.*"]) + ["litelvlm_kernels.triton_ops"],
@@ -88,6 +88,6 @@ setup(
         "hf": ["transformers>=4.45"],
         "plot": ["matplotlib"],
     },
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
     zip_safe=False,
 )
