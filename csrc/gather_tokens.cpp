@@ -169,31 +169,11 @@ void gather_into(const at::Tensor& tokens, const at::Tensor& indices, const at::
   }
 }
 
-at::Tensor gather_tokens_cpu(const at::Tensor& tokens, const at::Tensor& indices) {
-  check_gather_args(tokens, indices);
-  at::Tensor out = at::empty({tokens.size(0), indices.size(1), tokens.size(2)}, tokens.options());
-  gather_into(tokens, indices, out);
-  return out;
-}
-
-at::Tensor& gather_tokens_out_cpu(const at::Tensor& tokens, const at::Tensor& indices,
-                                  at::Tensor& out) {
-  check_gather_args(tokens, indices);
-  check_gather_out(tokens, out);
-  // Resize as torch's out= ops do (a warning if a non-empty out had another shape).
-  at::native::resize_output(out, {tokens.size(0), indices.size(1), tokens.size(2)});
-  at::assert_no_internal_overlap(out);
-  at::assert_no_overlap(out, tokens);
-  at::assert_no_overlap(out, indices);
-  gather_into(tokens, indices, out);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(litelvlm, CPU, m) {
-  m.impl("gather_tokens", &gather_tokens_cpu);
-  m.impl("gather_tokens.out", &gather_tokens_out_cpu);
+  m.impl("gather_tokens", &gather_tokens_functional<&gather_into>);
+  m.impl("gather_tokens.out", &gather_tokens_out<&gather_into>);
 }
 
 }  // namespace litelvlm

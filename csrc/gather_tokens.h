@@ -1,8 +1,12 @@
-// Argument checks shared by the CPU (gather_tokens.cpp) and CUDA
-// (cuda/gather_tokens.cu) kernels of litelvlm::gather_tokens.
+// Argument checks and the functional / out= entry points shared by the CPU
+// (gather_tokens.cpp) and CUDA (cuda/gather_tokens.cu) kernels of
+// litelvlm::gather_tokens: a backend supplies only its `gather_into`.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/native/Resize.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 namespace litelvlm {
@@ -32,6 +36,32 @@ inline void check_gather_out(const at::Tensor& tokens, const at::Tensor& out) {
   TORCH_CHECK(out.device() == tokens.device(),
               "gather_tokens: out must be on the device of tokens (", tokens.device(), "), got ",
               out.device());
+}
+
+// Writes out[b, r, :] = tokens[b, indices[b, r], :]; out already has its final shape.
+using GatherInto = void (*)(const at::Tensor& tokens, const at::Tensor& indices,
+                            const at::Tensor& out);
+
+template <GatherInto gather_into>
+at::Tensor gather_tokens_functional(const at::Tensor& tokens, const at::Tensor& indices) {
+  check_gather_args(tokens, indices);
+  at::Tensor out = at::empty({tokens.size(0), indices.size(1), tokens.size(2)}, tokens.options());
+  gather_into(tokens, indices, out);
+  return out;
+}
+
+template <GatherInto gather_into>
+at::Tensor& gather_tokens_out(const at::Tensor& tokens, const at::Tensor& indices,
+                              at::Tensor& out) {
+  check_gather_args(tokens, indices);
+  check_gather_out(tokens, out);
+  // Resize as torch's out= ops do (a warning if a non-empty out had another shape).
+  at::native::resize_output(out, {tokens.size(0), indices.size(1), tokens.size(2)});
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, tokens);
+  at::assert_no_overlap(out, indices);
+  gather_into(tokens, indices, out);
+  return out;
 }
 
 }  // namespace litelvlm

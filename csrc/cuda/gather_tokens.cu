@@ -217,30 +217,11 @@ void gather_into_cuda(const at::Tensor& tokens, const at::Tensor& indices, const
   }
 }
 
-at::Tensor gather_tokens_cuda(const at::Tensor& tokens, const at::Tensor& indices) {
-  check_gather_args(tokens, indices);
-  at::Tensor out = at::empty({tokens.size(0), indices.size(1), tokens.size(2)}, tokens.options());
-  gather_into_cuda(tokens, indices, out);
-  return out;
-}
-
-at::Tensor& gather_tokens_out_cuda(const at::Tensor& tokens, const at::Tensor& indices,
-                                   at::Tensor& out) {
-  check_gather_args(tokens, indices);
-  check_gather_out(tokens, out);
-  at::native::resize_output(out, {tokens.size(0), indices.size(1), tokens.size(2)});
-  at::assert_no_internal_overlap(out);
-  at::assert_no_overlap(out, tokens);
-  at::assert_no_overlap(out, indices);
-  gather_into_cuda(tokens, indices, out);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(litelvlm, CUDA, m) {
-  m.impl("gather_tokens", &gather_tokens_cuda);
-  m.impl("gather_tokens.out", &gather_tokens_out_cuda);
+  m.impl("gather_tokens", &gather_tokens_functional<&gather_into_cuda>);
+  m.impl("gather_tokens.out", &gather_tokens_out<&gather_into_cuda>);
 }
 
 }  // namespace litelvlm
