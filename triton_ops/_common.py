@@ -204,6 +204,16 @@ if _HAS_TRITON:
         return logit, tl.sqrt(tl.sum(vv, axis=1))
 
     @triton.jit
+    def _cls_partials(q_row, s_qd, k_row, s_km, s_kd, v_row, s_vm, s_vd, D, scale, l_row, vn_row,
+                      offs_m, mask_m, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        """A program's share of a row's [CLS] partials: logits and ||v_j|| to fp32 scratch."""
+        qn = _q_norm(q_row, s_qd, D, BLOCK_D)
+        logit, vnorm = _cls_tile(q_row, s_qd, k_row, s_km, s_kd, v_row, s_vm, s_vd, D, qn, scale,
+                                 offs_m, mask_m, BLOCK_M, BLOCK_D)
+        tl.store(l_row + offs_m, logit, mask=mask_m)
+        tl.store(vn_row + offs_m, vnorm, mask=mask_m)
+
+    @triton.jit
     def _row_softmax_stats(l_ptr, M, BLOCK_F: tl.constexpr):
         """Max and sum of exp(l - max) over one row of M fp32 logits in scratch, chunk by chunk
         in a fixed order (deterministic). A NaN anywhere makes the max NaN (as torch.softmax:

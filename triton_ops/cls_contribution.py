@@ -11,7 +11,7 @@ if _HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ._common import _cls_tile, _q_norm, _row_softmax_stats
+    from ._common import _cls_partials, _row_softmax_stats
 
     @triton.jit
     def _cls_contribution_kernel(
@@ -39,12 +39,8 @@ if _HAS_TRITON:
         r64 = row.to(tl.int64)
         offs_m = split * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        qn = _q_norm(q_ptr + r64 * s_qb, s_qd, D, BLOCK_D)
-        logit, vnorm = _cls_tile(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd,
-                                 v_ptr + r64 * s_vb, s_vm, s_vd, D, qn, scale,
-                                 offs_m, mask_m, BLOCK_M, BLOCK_D)
-        tl.store(l_ws + r64 * M + offs_m, logit, mask=mask_m)
-        tl.store(vn_ws + r64 * M + offs_m, vnorm, mask=mask_m)
+        _cls_partials(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd, v_ptr + r64 * s_vb, s_vm, s_vd,
+                      D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D)
         tl.debug_barrier()
         old = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")
         if old == NSPLIT - 1:

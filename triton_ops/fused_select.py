@@ -31,11 +31,10 @@ if _HAS_TRITON:
     from ._common import (
         _SENTINEL,
         _ascending_key,
-        _cls_tile,
+        _cls_partials,
         _descending_key,
         _kth_reg,
         _kth_smallest,
-        _q_norm,
         _row_softmax_stats,
         _sim_tile,
     )
@@ -318,12 +317,8 @@ if _HAS_TRITON:
             tcol = t0 + tl.arange(0, TB)
             dst = sim_ws + r64 * T * M + tcol[None, :] * M + offs_m[:, None]
             tl.store(dst, s, mask=mask_m[:, None] & (tcol < T)[None, :])
-        qn = _q_norm(q_ptr + r64 * s_qb, s_qd, D, BLOCK_D)
-        logit, vnorm = _cls_tile(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd,
-                                 v_ptr + r64 * s_vb, s_vm, s_vd, D, qn, scale,
-                                 offs_m, mask_m, BLOCK_M, BLOCK_D)
-        tl.store(l_ws + r64 * M + offs_m, logit, mask=mask_m)
-        tl.store(vn_ws + r64 * M + offs_m, vnorm, mask=mask_m)
+        _cls_partials(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd, v_ptr + r64 * s_vb, s_vm, s_vd,
+                      D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D)
 
         # ---- arrival: all threads' stores done (barrier), then one acq_rel atomic publishes
         # them at GPU scope and tells whether this program is the row's last.
