@@ -16,14 +16,15 @@ from . import fold_text, prune, reference
 from .synthetic import CLIP_L14_336, clip_inputs
 
 
-def _time(fn, repeat):
+def _time(fn, repeat, device):
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2] * 1e3
 
@@ -57,9 +58,10 @@ def main(argv=None):
                               x.values, r, min_votes=min_votes)
         out = prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=r, multi_text=multi)
         t_ref = _time(lambda: reference.prune(x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias,
-                                              x.q_cls, x.keys, x.values, r, min_votes=min_votes), args.repeat)
+                                              x.q_cls, x.keys, x.values, r, min_votes=min_votes), args.repeat,
+                      args.device)
         t_ops = _time(lambda: prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=r, multi_text=multi),
-                      args.repeat)
+                      args.repeat, args.device)
         same_set = all(set(a.tolist()) == set(b.tolist()) for a, b in zip(out.indices.cpu(), ref[0].cpu()))
         same_order = torch.equal(out.indices.cpu(), ref[0].cpu())
         n_sim = int(out.num_similarity.float().mean())
