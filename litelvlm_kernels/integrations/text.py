@@ -1,0 +1,183 @@
+"""The text side: [EOS] embeddings, grouping texts per image, and the cache of folded texts.
+
+Grouping (``texts_per_image`` / ``share_text_across``):
+
+* one group of texts (the default) applies to every row: a single image, or
+  the F frames of a video (text batch Bt = 1, broadcast by the ops);
+* ``texts=[["a", "b"], ["c"]]`` or ``texts_per_image=[2, 1]`` gives each image
+  its own texts; the groups are padded to T = max count and ``num_texts``
+  tells the ops how many are real;
+* G groups for B = G * F rows (F frames or tiles per image): each group is
+  shared by F consecutive rows (``share_text_across=F``, inferred when G
+  divides B).
+
+The folded text (``fold_text``: w = gamma * W_p^T e, b = beta . W_p^T e) is
+cached per text content and tower weights (``FoldCache``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._towers import tensor_version, text_tower
+
+TextsArg = str | Sequence[str] | Sequence[Sequence[str]]
+
+
+def encode_text(text_model: torch.nn.Module, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[EOS] embeddings after the text projection: ``text_embeds`` [N, P].
+
+    Parameters
+    ----------
+    text_model : torch.nn.Module
+        CLIPTextModelWithProjection or CLIPModel (both hold ``text_model`` and
+        ``text_projection``).
+    input_ids, attention_mask : torch.Tensor
+        [N, L] token ids; each row needs an ``eos_token_id`` (tokenizers add
+        it): the tower pools at the first one.
+
+    Returns
+    -------
+    torch.Tensor
+        [N, P] ``text_embeds``.
+
+    Examples
+    --------
+    >>> e = encode_text(clip, tok(["a cat"], return_tensors="pt").input_ids)  # doctest: +SKIP
+    """
+    tower = text_tower(text_model)
+    if not hasattr(text_model, "text_projection"):
+        raise TypeError(
+            f"text_model: {type(text_model).__name__} has no text_projection; pass a "
+            "CLIPTextModelWithProjection or a CLIPModel"
+        )
+    out = tower(input_ids=input_ids, attention_mask=attention_mask)
+    pooled = out.pooler_output if hasattr(out, "pooler_output") else out[1]  # return_dict=False configs
+    return text_model.text_projection(pooled)
+
+
+@dataclasses.dataclass
+class TextCondition:
+    """Texts grouped per image and folded once (reuse it across calls and frames).
+
+    text_embeds [G, T, P] (padding rows are zeros), num_texts [G] int64 (real
+    texts per group), folded: ``litelvlm_kernels.FoldedText`` with w [G, T, Dv]
+    and b [G, T]. G = 1 means one group shared by every row.
+    """
+
+    text_embeds: torch.Tensor
+    num_texts: torch.Tensor
+    folded: Any
+
+    @property
+    def num_groups(self) -> int:
+        return self.text_embeds.shape[0]
+
+
+def group_counts(n: int, texts_per_image) -> list:
+    """Texts per group from ``texts_per_image`` (None: one group of all ``n``)."""
+    if texts_per_image is None:
+        return [n]
+    if isinstance(texts_per_image, int):
+        if texts_per_image <= 0 or n % texts_per_image:
+            raise ValueError(f"texts_per_image={texts_per_image} does not divide the {n} texts")
+        return [texts_per_image] * (n // texts_per_image)
+    if isinstance(texts_per_image, torch.Tensor):
+        texts_per_image = texts_per_image.tolist()
+    counts = [int(c) for c in texts_per_image]
+    if any(c < 0 for c in counts) or sum(counts) != n:
+        raise ValueError(f"texts_per_image={counts} must be >= 0 and sum to the {n} texts")
+    if not counts:
+        raise ValueError("texts_per_image: need at least one group")
+    return counts
+
+
+def flatten_texts(texts: TextsArg, texts_per_image: Any) -> tuple[list, list]:
+    """(flat list of strings, texts per group) from a str, a list, or a list of lists."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if texts and not isinstance(texts[0], str):
+        nested = [list(g) for g in texts]
+        return [t for g in nested for t in g], [len(g) for g in nested]
+    return texts, group_counts(len(texts), texts_per_image)
+
+
+def pad_groups(flat: torch.Tensor, counts: list) -> torch.Tensor:
+    """[N, P] -> [G, max(counts), P], zero padding after each group's texts."""
+    G, T = len(counts), max(counts)
+    out = flat.new_zeros(G, T, flat.shape[-1])
+    start = 0
+    for g, c in enumerate(counts):
+        out[g, :c] = flat[start:start + c]
+        start += c
+    return out
+
+
+def text_for_rows(cond: TextCondition, B: int, share_text_across: int | None):
+    """(text, num_texts) arguments of ``litelvlm_kernels.prune`` for B image rows."""
+    G = cond.num_groups
+    if share_text_across is None:
+        if B % G:
+            raise ValueError(
+                f"texts: {G} text groups cannot be spread over {B} image rows; pass "
+                "texts_per_image so the groups match the images, or share_text_across="
+            )
+        share_text_across = B // G
+    elif G * share_text_across != B:
+        raise ValueError(f"share_text_across={share_text_across} x {G} text groups != {B} image rows")
+    if G == 1:
+        # One group for every row: Bt = 1 broadcast (video frames share the text); a single
+        # group is never padded, so no per-row counts are needed.
+        return cond.folded, None
+    folded, num = cond.folded, cond.num_texts
+    if share_text_across > 1:  # FoldedText is a NamedTuple
+        folded = folded._replace(w=folded.w.repeat_interleave(share_text_across, dim=0),
+                                 b=folded.b.repeat_interleave(share_text_across, dim=0))
+        num = num.repeat_interleave(share_text_across)
+    return folded, num
+
+
+def weights_key(tensors) -> tuple:
+    """Identity, version counter, device and dtype of each tensor.
+
+    ``_version`` moves on every in-place update (load_state_dict, optimizer
+    steps) and new parameter objects change the id, so a cached fold never
+    outlives the weights it was folded from.
+    """
+    return tuple((id(w), tensor_version(w), w.device, w.dtype) for w in tensors)
+
+
+class FoldCache:
+    """A small LRU of TextCondition keyed by text content + weights (``size=0`` disables it)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._items: collections.OrderedDict[Any, TextCondition] = collections.OrderedDict()
+
+    def get(self, key) -> TextCondition | None:
+        if key is None or self.size <= 0:
+            return None
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+        return hit
+
+    def put(self, key, cond: TextCondition) -> None:
+        if key is None or self.size <= 0:
+            return
+        self._items[key] = cond
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
