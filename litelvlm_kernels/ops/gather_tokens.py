@@ -2,23 +2,17 @@
 
 The op and its kernels are C++/CUDA (``csrc/``): the schema is defined by
 ``TORCH_LIBRARY(litelvlm)`` in ``csrc/litelvlm.cpp``, the CPU kernel in
-``csrc/gather_tokens.cpp`` and the CUDA kernel in ``csrc/cuda/gather_tokens.cu``.
-Importing this module loads ``litelvlm_kernels._C`` (which runs those
-registrations, including autograd with respect to ``tokens`` in
-``csrc/gather_tokens_autograd.cpp``: the backward of a gather is a scatter-add
-of the output gradient into zeros [B, M, C], a token kept twice receives both
-gradients, ``indices`` get none) and adds, in Python:
+``csrc/gather_tokens.cpp``, the CUDA kernel in ``csrc/cuda/gather_tokens.cu`` and
+the autograd kernel in ``csrc/gather_tokens_autograd.cpp``. Importing this module
+loads ``litelvlm_kernels._C`` (which runs those registrations) and adds, in Python:
 
 - the fake (meta) implementations of both overloads, for torch.compile and
   FakeTensor tracing;
 - :func:`gather_tokens`, the Python wrapper with argument checks that name the
   argument.
 
-Semantics: ``out[b, r, :] = tokens[b, indices[b, r], :]``. Indices must lie in
-[0, M); negative indices do NOT wrap (a wrapped -1 would silently pick the
-last token). A bad index raises a RuntimeError naming the value and its
-position on the CPU, and triggers a device-side assert on CUDA (as
-torch.index_select does; checking on the host would need a synchronisation).
+Semantics, errors, the backward and why each piece is where it is:
+``docs/gather.md``.
 """
 
 from __future__ import annotations
@@ -45,13 +39,18 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 
 def _check_fake(tokens: Tensor, indices: Tensor) -> None:
     # Mirrors check_gather_args in csrc/gather_tokens.h (shapes, dtypes, devices only).
-    torch._check(tokens.dim() == 3, lambda: f"gather_tokens: tokens must be a 3-D tensor [B, M, C], got shape {tuple(tokens.shape)}")
-    torch._check(indices.dim() == 2, lambda: f"gather_tokens: indices must be a 2-D tensor [B, R], got shape {tuple(indices.shape)}")
-    torch._check(indices.dtype in INDEX_DTYPES, lambda: f"gather_tokens: indices must be int32 or int64, got {indices.dtype}")
+    torch._check(tokens.dim() == 3,
+                 lambda: f"gather_tokens: tokens must be a 3-D tensor [B, M, C], got shape {tuple(tokens.shape)}")
+    torch._check(indices.dim() == 2,
+                 lambda: f"gather_tokens: indices must be a 2-D tensor [B, R], got shape {tuple(indices.shape)}")
+    torch._check(indices.dtype in INDEX_DTYPES,
+                 lambda: f"gather_tokens: indices must be int32 or int64, got {indices.dtype}")
     torch._check(indices.device == tokens.device,
-                 lambda: f"gather_tokens: indices must be on the same device as tokens ({tokens.device}), got {indices.device}")
+                 lambda: f"gather_tokens: indices must be on the same device as tokens ({tokens.device}), "
+                         f"got {indices.device}")
     torch._check(tokens.shape[0] == indices.shape[0],
-                 lambda: f"gather_tokens: batch size mismatch: tokens has B={tokens.shape[0]} but indices has B={indices.shape[0]}")
+                 lambda: f"gather_tokens: batch size mismatch: tokens has B={tokens.shape[0]} "
+                         f"but indices has B={indices.shape[0]}")
 
 
 @torch.library.register_fake("litelvlm::gather_tokens")
@@ -74,10 +73,7 @@ def _gather_tokens_out_fake(tokens: Tensor, indices: Tensor, *, out: Tensor) -> 
     return out
 
 
-# Autograd is registered in C++ (csrc/gather_tokens_autograd.cpp): a Python
-# autograd kernel (torch.library.register_autograd) costs ~8 us per call even
-# when nothing requires grad, as much as a whole small gather. Backward there:
-# scatter-add of grad_out into zeros [B, M, C]; indices get no gradient.
+# Autograd is registered in C++ (csrc/gather_tokens_autograd.cpp); docs/gather.md says why.
 
 
 # -- Python wrapper ----------------------------------------------------------------
@@ -113,21 +109,37 @@ def _check_args(tokens, indices, out) -> None:
 def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = None) -> Tensor:
     """Gather rows of each batch: ``out[b, r, :] = tokens[b, indices[b, r], :]``.
 
-    Args:
-        tokens: [B, M, C], any dtype, any strides (CPU or CUDA).
-        indices: [B, R], int32 or int64, values in [0, M) (no negative wrapping),
-            duplicates allowed, on the device of ``tokens``.
-        out: optional [B, R, C] tensor of ``tokens``' dtype and device; resized
-            if its shape differs (with torch's usual warning when it was not empty).
+    Parameters
+    ----------
+    tokens : Tensor
+        [B, M, C], any dtype, any strides (CPU or CUDA).
+    indices : Tensor
+        [B, R], int32 or int64, values in [0, M) (no negative wrapping),
+        duplicates allowed, on the device of ``tokens``.
+    out : Tensor, optional
+        [B, R, C] tensor of ``tokens``' dtype and device; resized if its shape
+        differs (with torch's usual warning when it was not empty).
 
-    Returns:
-        [B, R, C] tensor of ``tokens``' dtype (contiguous unless ``out`` was given).
+    Returns
+    -------
+    Tensor
+        [B, R, C] of ``tokens``' dtype (contiguous unless ``out`` was given).
         Differentiable with respect to ``tokens`` (not with ``out=``).
 
-    Raises:
-        TypeError / ValueError naming the argument for a wrong type, dtype, rank,
-        device or batch size; RuntimeError naming the value and position of an
-        out-of-range index on the CPU; a device-side assert on CUDA.
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, for a wrong type, dtype, rank, device or batch size.
+    RuntimeError
+        Naming the value and position of an out-of-range index on the CPU (a
+        device-side assert on CUDA).
+
+    Examples
+    --------
+    >>> hidden = torch.randn(2, 576, 1024)
+    >>> idx = torch.tensor([[0, 5, 7], [1, 2, 575]])
+    >>> gather_tokens(hidden, idx).shape
+    torch.Size([2, 3, 1024])
     """
     if torch.compiler.is_compiling():
         # Dynamo traces the checks once.
@@ -136,15 +148,16 @@ def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = No
     if out is not None and torch.is_grad_enabled() and (
             getattr(tokens, "requires_grad", False) or getattr(out, "requires_grad", False)):
         _check_args(tokens, indices, out)  # raises (TypeError/ValueError, else the autograd error)
-    # Eager fast path: the C++ op checks everything itself, so the Python checks
-    # (~1.5 us, a quarter of a whole B=1, R=64 gather) run only after a failure, to
-    # raise the ValueError/TypeError naming the argument. _OP._op is the bound C++
-    # operator, skipping OpOverload.__call__'s Python frame (~0.4 us).
+    # Eager: the C++ op checks everything itself, so the Python checks run only
+    # after it fails, to re-raise as a ValueError/TypeError naming the argument
+    # (on success they would cost about a quarter of a small gather; docs/gather.md).
+    # The dispatcher reports every failure as RuntimeError (a non-tensor argument
+    # included); TypeError/ValueError come from c10::TypeError/ValueError.
     try:
         if out is None:
-            return _OP_FAST(tokens, indices)
-        return _OP_OUT_FAST(tokens, indices, out=out)
-    except Exception:
+            return _OP(tokens, indices)
+        return _OP_OUT(tokens, indices, out=out)
+    except (RuntimeError, TypeError, ValueError):
         try:
             _check_args(tokens, indices, out)
         except (TypeError, ValueError) as nicer:
@@ -154,5 +167,3 @@ def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = No
 
 _OP = torch.ops.litelvlm.gather_tokens.default
 _OP_OUT = torch.ops.litelvlm.gather_tokens.out
-_OP_FAST = _OP._op
-_OP_OUT_FAST = _OP_OUT._op
