@@ -1,0 +1,78 @@
+"""LLaVA-NeXT-Video (``LlavaNextVideoForConditionalGeneration``): frames sharing a referring expression.
+
+Why this model: its tower is CLIP ViT-L/14-336 and it is in transformers (Video-LLaVA's LanguageBind
+towers are CLIP-shaped too, but their text tower is not a CLIP text model we can pair with them).
+
+The stock video path: every frame through the tower, select-layer states
+without [CLS] (M = 576), the model's ``vision_resampler`` (2 x 2 average
+pooling: 576 -> 144 tokens per frame), the projector, frames concatenated
+(8 frames -> 1152 placeholders). The pooled token is the unit the LLM sees,
+so LiteLVLM selects pooled tokens:
+
+* text similarity of a pooled token: the method's formula on the pooled
+  select-layer state (``text_similarity`` on the resampler's output, which
+  lives in the tower's width for "average" and "max" pooling; "conv" pooling
+  changes the width and is refused);
+* [CLS] contribution of a pooled token: the mean of the contributions of the
+  patches it pools (the frame's own [CLS]), pooled with the same window;
+* every frame's expression is its prompt's (one text per clip, folded once);
+* ``video_budget="per_frame"`` (default): every frame keeps R' = min(R, 144)
+  pooled tokens; ``"per_clip"``: one selection of R' over all frames' pooled
+  tokens (contribution shares per frame, as LLaVA-NeXT's global budget).
+
+Kept tokens stay in frame order and, within a frame, raster order. Images
+given to this model go through the LLaVA-NeXT path (``llava_next.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .llava_next import LlavaNextAdapter
+from .lvlm import Modality, config_get, model_part, register_adapter
+from .views import contribution, select_views, view_similarity
+
+
+@register_adapter
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """``model_type == "llava_next_video"``: pixel_values_videos [B, F, 3, H, W], one video per prompt."""
+
+    model_types = ("llava_next_video",)
+
+    def check_model(self) -> None:
+        super().check_model()
+        mode = config_get(self.model.config, "spatial_pool_mode", default="average")
+        if mode not in ("average", "max"):
+            raise ValueError(f"spatial_pool_mode={mode!r}: only 'average' and 'max' keep the pooled tokens in "
+                             "the tower's width, where the text similarity is defined")
+
+    def pooled_per_frame(self) -> int:
+        stride = int(config_get(self.model.config, "spatial_pool_stride", default=2))
+        return (self.side() // stride) ** 2
+
+    def modalities(self) -> list:
+        video_id = int(config_get(self.model.config, "video_token_id", "video_token_index"))
+        video = Modality("pixel_values_videos", video_id, (),
+                         lambda kw: [kw["pixel_values_videos"].shape[1] * self.pooled_per_frame()]
+                         * kw["pixel_values_videos"].shape[0],
+                         self.video_features)
+        return super().modalities() + [video]
+
+    def video_features(self, kwargs: dict, cond) -> list:
+        px = kwargs["pixel_values_videos"]
+        if px.dim() != 5:
+            raise ValueError(f"pixel_values_videos: expected [B, F, 3, H, W], got shape {tuple(px.shape)}")
+        B, Fr = px.shape[:2]
+        cap = self.pruner.capture(px.flatten(0, 1))
+        pooled = model_part(self.model, "vision_resampler")(cap.hidden)        # [B F, P, Dv], as stock
+        frame_item = torch.arange(B).repeat_interleave(Fr)
+        s, num = view_similarity(self.pruner, pooled, cond, frame_item)
+        stride = int(config_get(self.model.config, "spatial_pool_stride", default=2))
+        g = self.side()
+        c = F.avg_pool2d(contribution(cap).view(-1, 1, g, g), stride, stride).flatten(1)  # [B F, P]
+        valid = torch.ones_like(c, dtype=torch.bool)
+        groups = [list(range(b * Fr, (b + 1) * Fr)) for b in range(B)]
+        kept = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.video_budget == "per_clip")
+        proj = model_part(self.model, "multi_modal_projector")(pooled)          # [B F, P, H], as stock
+        return [torch.cat([proj[f, kept[f]] for f in group]) for group in groups]

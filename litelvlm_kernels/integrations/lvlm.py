@@ -1,0 +1,423 @@
+"""Patching a stock Hugging Face LVLM so its LLM sees only the kept visual tokens.
+
+The family-independent part. A family file (``llava.py`` ...) says how many
+placeholders each image / video takes in the stock model and computes the
+kept LLM inputs of each; this module does the rest, the same way for all:
+
+1. find each item's run of placeholder tokens in ``input_ids`` (items take
+   placeholders in row-major order, as ``masked_scatter`` fills them), check
+   the count is exact, and map each item to its prompt (row) for its
+   referring expressions;
+2. compute the kept features of every item (the family's ``visual_features``);
+3. shrink each run from the stock count to the kept count, re-pad the rows
+   (``attention_mask``, ``position_ids`` renumbered, ``labels`` with -100);
+4. embed the shrunk ids and write the features into the placeholder rows,
+   then call the stock ``forward`` / ``generate`` with ``inputs_embeds``.
+
+Because ``generate`` starts from the shrunk ids, its attention mask, cache
+positions and KV cache are consistent from the first step; the ids it returns
+are re-expanded to the caller's prompt + the new tokens, so
+``out[:, inputs["input_ids"].shape[1]:]`` keeps working. Only bound methods
+of the instance are replaced (``forward``, ``generate``): ``disable`` deletes
+them, and weights and config are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any
+
+import torch
+
+from .pruner import LiteLVLMPruner
+
+__all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
+
+# model_type -> adapter class; filled by the family modules listed below (imported on first use).
+_ADAPTERS: dict = {}
+_FAMILY_MODULES = ("llava", "llava_next", "llava_next_video")
+_EXTRA_KWARGS = ("referring_expressions",)
+
+
+def register_adapter(cls):
+    """Class decorator: handle every ``config.model_type`` in ``cls.model_types``."""
+    for t in cls.model_types:
+        _ADAPTERS[t] = cls
+    return cls
+
+
+def _adapter_for(model) -> type:
+    for name in _FAMILY_MODULES:
+        importlib.import_module(f".{name}", __package__)
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt not in _ADAPTERS:
+        raise TypeError(f"model: {type(model).__name__} (model_type={mt!r}) is not supported; supported "
+                        f"model types: {', '.join(sorted(_ADAPTERS))}")
+    return _ADAPTERS[mt]
+
+
+def config_get(config, *names, default=None):
+    """The first attribute of ``config`` among ``names`` (transformers renamed several across versions)."""
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def model_part(model, name: str):
+    """``model.<name>`` (transformers < 4.52) or ``model.model.<name>`` (the inner model of later versions)."""
+    for owner in (model, getattr(model, "model", None)):
+        if owner is not None and name in getattr(owner, "_modules", {}) | getattr(owner, "_parameters", {}):
+            return getattr(owner, name)
+    raise TypeError(f"model: {type(model).__name__} has no {name}")
+
+
+_CHOICES = {"order": ("official", "spatial"), "missing_expressions": ("error", "cls"),
+            "budget": ("per_tile", "global"), "image_newline": ("kept_rows", "all", "none"),
+            "video_budget": ("per_frame", "per_clip")}
+
+
+@dataclasses.dataclass
+class LiteLVLMSettings:
+    """What to keep. ``num_retain``: visual tokens kept per image (LLaVA-1.5), per tile or image
+    (LLaVA-NeXT, see ``budget``), per frame or clip (video, see ``video_budget``)."""
+
+    num_retain: int = 192
+    multi_text: Any = "union"
+    k_per_text: int | None = None
+    order: str = "official"
+    missing_expressions: str = "error"
+    budget: str = "per_tile"
+    image_newline: str = "kept_rows"
+    video_budget: str = "per_frame"
+
+    def check(self) -> LiteLVLMSettings:
+        r = self.num_retain
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise TypeError(f"num_retain must be an int, got {type(r).__name__}")
+        if r <= 0:
+            raise ValueError(f"num_retain must be > 0, got {r}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        mt = self.multi_text
+        if not (mt in ("union", "intersection") or (isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0)):
+            raise ValueError(f"multi_text must be 'union', 'intersection' or an int min_votes >= 0, got {mt!r}")
+        if self.k_per_text is not None and (isinstance(self.k_per_text, bool) or not isinstance(self.k_per_text, int)
+                                            or self.k_per_text <= 0):
+            raise ValueError(f"k_per_text must be None or an int > 0, got {self.k_per_text!r}")
+        return self
+
+
+@dataclasses.dataclass
+class Modality:
+    """One kind of visual input of a family: its pixels argument, placeholder id and the family's two hooks."""
+
+    pixel_key: str
+    token_id: int
+    extra_keys: tuple            # forward arguments that only describe the pixels (image_sizes): dropped
+    stock_counts: Any            # (kwargs) -> list[int]: placeholders per item in the stock model
+    features: Any                # (kwargs, text_condition) -> list[Tensor [n_i, H]] in placeholder order
+
+
+class FamilyAdapter:
+    """Base of the family files. Subclasses set ``model_types`` and implement ``modalities``."""
+
+    model_types: tuple = ()
+
+    def __init__(self, model, pruner: LiteLVLMPruner, settings: LiteLVLMSettings):
+        self.model, self.pruner, self.settings = model, pruner, settings
+        self.check_model()
+
+    def check_model(self) -> None:
+        """Raise ValueError naming the config field this adapter cannot handle."""
+
+    def modalities(self) -> list:
+        raise NotImplementedError
+
+    def text_condition(self, expressions: list):
+        """One text group per item: [[str, ...], ...] -> TextCondition (cached by content)."""
+        return self.pruner.prepare_text(texts=[list(e) for e in expressions])
+
+    @staticmethod
+    def select_layer_of(model) -> int:
+        """The config's ``vision_feature_layer`` (LLaVA: -2); one layer only."""
+        layer = config_get(model.config, "vision_feature_layer", default=-2)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"vision_feature_layer={layer!r}: only one feature layer (an int) is supported")
+        return layer
+
+    def strategy(self) -> str:
+        """``vision_feature_select_strategy``: "default" drops [CLS], "full" keeps it as a token."""
+        st = config_get(self.model.config, "vision_feature_select_strategy", default="default")
+        if st not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy={st!r} is not supported (default or full)")
+        return st
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _items_per_row(ids: torch.Tensor, token_id: int, counts: list, what: str) -> tuple:
+    """(flat positions of each item's placeholders, row of each item); checks the count is exact."""
+    mask = ids == token_id
+    per_row = mask.sum(1).tolist()
+    total, need = sum(per_row), sum(counts)
+    if total != need:
+        raise ValueError(f"input_ids: {total} {what} placeholder tokens (id {token_id}) but the {len(counts)} "
+                         f"{what} input(s) take {need} in the stock model ({counts}); build input_ids with the "
+                         "model's processor and do not prune them yourself")
+    rows, b, used = [], 0, 0
+    for i, n in enumerate(counts):
+        while b < len(per_row) and used == per_row[b]:
+            b, used = b + 1, 0
+        if b >= len(per_row) or used + n > per_row[b]:
+            raise ValueError(f"input_ids: the placeholders of {what} {i} span two prompts")
+        rows.append(b)
+        used += n
+    return mask, rows
+
+
+def _expressions_per_item(expressions, rows: list, batch: int, missing: str) -> list:
+    if expressions is None:
+        if missing == "cls":
+            return [[] for _ in rows]
+        raise ValueError("referring_expressions: required (one str or list of str per prompt), e.g. "
+                         "model.generate(**inputs, referring_expressions=[['the man on the left']]); or enable "
+                         "with missing_expressions='cls' for [CLS]-context selection without text")
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    expressions = list(expressions)
+    if len(expressions) != batch:
+        raise ValueError(f"referring_expressions: got {len(expressions)} entries for a batch of {batch} prompts "
+                         "(one str, list of str, or None per prompt)")
+    per_row = []
+    for b, e in enumerate(expressions):
+        e = [] if e is None else [e] if isinstance(e, str) else list(e)
+        if not all(isinstance(t, str) for t in e):
+            raise TypeError(f"referring_expressions[{b}]: expected str or a list of str")
+        if not e and missing != "cls" and b in rows:
+            raise ValueError(f"referring_expressions[{b}]: prompt {b} has an image but no expression; pass one, "
+                             "or enable with missing_expressions='cls'")
+        per_row.append(e)
+    return [per_row[b] for b in rows]
+
+
+def _padding_side(attention_mask) -> str:
+    if attention_mask is not None and not bool(attention_mask[:, 0].all()) and bool(attention_mask[:, -1].all()):
+        return "left"
+    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+        return "right"
+    return "left"  # no padding in the input: left, what generate() needs for decoder-only models
+
+
+def shrink(keep: torch.Tensor, tensors: dict, pads: dict, side: str) -> dict:
+    """Keep the ``keep`` [B, L] columns of each [B, L] tensor, re-padded to the longest row on ``side``.
+
+    ``position_ids`` are renumbered so each row's positions stay consecutive.
+    """
+    n = keep.sum(1)
+    L = int(n.max()) if n.numel() else 0
+    out = {}
+    for name, t in tensors.items():
+        if t is None:
+            out[name] = None
+            continue
+        if name == "position_ids":
+            t = t - (~keep).long().cumsum(1)
+        new = t.new_full((t.shape[0], L), pads[name])
+        for b in range(t.shape[0]):
+            row = t[b][keep[b]]
+            if side == "left":
+                new[b, L - row.numel():] = row
+            else:
+                new[b, :row.numel()] = row
+        out[name] = new
+    return out
+
+
+def prepare_inputs(adapter: FamilyAdapter, kwargs: dict, expressions) -> tuple:
+    """Stock inputs -> (kwargs for the stock forward / generate with inputs_embeds, shrunk input_ids, report)."""
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        raise ValueError("input_ids: needed with pixel inputs (LiteLVLM shrinks their placeholder runs)")
+    if kwargs.get("inputs_embeds") is not None:
+        raise ValueError("inputs_embeds: cannot be combined with pixel inputs while LiteLVLM is enabled")
+    s = adapter.settings
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    merges, report = [], {}
+    for mod in adapter.modalities():
+        if kwargs.get(mod.pixel_key) is None:
+            continue
+        counts = mod.stock_counts(kwargs)
+        what = "video" if "video" in mod.pixel_key else "image"
+        mask, rows = _items_per_row(ids, mod.token_id, counts, what)
+        cond = adapter.text_condition(_expressions_per_item(expressions, rows, ids.shape[0], s.missing_expressions))
+        feats = mod.features(kwargs, cond)
+        flat = mask.flatten().nonzero().flatten()
+        start, kept_counts = 0, []
+        for n, f in zip(counts, feats):
+            keep.view(-1)[flat[start + f.shape[0]:start + n]] = False  # drop the tail of each item's run
+            start += n
+            kept_counts.append(f.shape[0])
+        merges.append((mod.token_id, torch.cat(feats, 0)))
+        report[what] = {"stock": counts, "kept": kept_counts}
+    mask = kwargs.get("attention_mask")
+    side = _padding_side(mask)
+    if mask is None:
+        mask = torch.ones_like(ids)
+    cfg = adapter.model.config
+    pad_id = config_get(cfg, "pad_token_id", default=None)
+    if pad_id is None:
+        pad_id = config_get(getattr(cfg, "text_config", cfg), "pad_token_id", default=0)
+    new = shrink(keep, {"input_ids": ids, "attention_mask": mask, "position_ids": kwargs.get("position_ids"),
+                        "labels": kwargs.get("labels")},
+                 {"input_ids": pad_id, "attention_mask": 0, "position_ids": 1, "labels": -100}, side)
+    embeds = adapter.model.get_input_embeddings()(new["input_ids"])
+    for token_id, feats in merges:
+        where = (new["input_ids"] == token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
+    out = {k: v for k, v in kwargs.items() if k not in _dropped_keys(adapter)}
+    out.update(attention_mask=new["attention_mask"], inputs_embeds=embeds, input_ids=None)
+    for k in ("position_ids", "labels"):
+        if new[k] is not None:
+            out[k] = new[k]
+    report["tokens"] = {"stock": int(ids.shape[1]), "kept": int(new["input_ids"].shape[1]),
+                        "attended_stock": int(kwargs["attention_mask"].sum()) if kwargs.get("attention_mask")
+                        is not None else int(ids.numel()),
+                        "attended_kept": int(new["attention_mask"].sum())}
+    return out, new["input_ids"], report
+
+
+def _dropped_keys(adapter) -> set:
+    keys = set()
+    for mod in adapter.modalities():
+        keys.add(mod.pixel_key)
+        keys.update(mod.extra_keys)
+    return keys
+
+
+# --------------------------------------------------------------------------- patching
+
+
+class LiteLVLMPatch:
+    """The handle returned by ``enable_litelvlm``: ``disable()``, context manager, ``settings``, ``last_report``."""
+
+    def __init__(self, model, adapter: FamilyAdapter):
+        self.model, self.adapter = model, adapter
+        self.settings = adapter.settings
+        self.last_report: dict | None = None
+        self._orig_forward = model.forward
+        self._orig_generate = model.generate
+        self._forward_sig = inspect.signature(self._orig_forward)
+        model.forward = self._forward
+        model.generate = self._generate
+        model._litelvlm_patch = self
+
+    @property
+    def enabled(self) -> bool:
+        return getattr(self.model, "_litelvlm_patch", None) is self
+
+    def _has_pixels(self, kwargs) -> bool:
+        return any(kwargs.get(m.pixel_key) is not None for m in self.adapter.modalities())
+
+    def _forward(self, *args, **kwargs):
+        expressions = kwargs.pop("referring_expressions", None)
+        kwargs = dict(self._forward_sig.bind_partial(*args, **kwargs).arguments)
+        kwargs.update(kwargs.pop("kwargs", {}))
+        if not self._has_pixels(kwargs):
+            return self._orig_forward(**kwargs)
+        self.settings.check()
+        new, _, self.last_report = prepare_inputs(self.adapter, kwargs, expressions)
+        return self._orig_forward(**new)
+
+    def _generate(self, inputs=None, *args, **kwargs):
+        expressions = kwargs.pop("referring_expressions", None)
+        if inputs is not None:
+            kwargs["input_ids"] = inputs
+        if args or not self._has_pixels(kwargs):
+            if inputs is not None:
+                kwargs.pop("input_ids")
+            return self._orig_generate(inputs, *args, **kwargs)
+        self.settings.check()
+        stock_ids = kwargs["input_ids"]
+        new, new_ids, self.last_report = prepare_inputs(self.adapter, kwargs, expressions)
+        new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
+        out = self._orig_generate(**new)
+        return _reexpand(out, stock_ids, new_ids.shape[1])
+
+    def disable(self) -> None:
+        """Undo ``enable_litelvlm``: the model's own ``forward`` / ``generate`` again."""
+        if not self.enabled:
+            return
+        for name in ("forward", "generate", "_litelvlm_patch"):
+            self.model.__dict__.pop(name, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.disable()
+
+
+def _reexpand(out, stock_ids: torch.Tensor, new_len: int):
+    """Generated sequences start with the shrunk prompt: put the caller's prompt back in front."""
+    seq = out if isinstance(out, torch.Tensor) else out.sequences
+    rep = seq.shape[0] // stock_ids.shape[0]
+    full = torch.cat([stock_ids.repeat_interleave(rep, 0).to(seq.device), seq[:, new_len:]], 1)
+    if isinstance(out, torch.Tensor):
+        return full
+    out.sequences = full
+    return out
+
+
+def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection=None,
+                    pruner: LiteLVLMPruner | None = None, **settings) -> LiteLVLMPatch:
+    """Make ``model.forward`` / ``model.generate`` feed the LLM only the tokens LiteLVLM keeps.
+
+    Parameters
+    ----------
+    model : transformers model
+        ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration`` or
+        ``LlavaNextVideoForConditionalGeneration`` (matched by ``config.model_type``).
+    text_model, tokenizer, visual_projection
+        The CLIP text tower (CLIPModel or CLIPTextModelWithProjection), its tokenizer and the
+        CLIP ``visual_projection`` of the checkpoint whose vision tower the LVLM uses (LLaVA
+        checkpoints hold neither). Or pass a ready ``pruner=LiteLVLMPruner(...)``.
+    **settings
+        ``LiteLVLMSettings`` fields: ``num_retain`` (192), ``multi_text``, ``k_per_text``,
+        ``order``, ``missing_expressions`` ("error" or "cls"), ``budget`` ("per_tile" or
+        "global", LLaVA-NeXT), ``image_newline``, ``video_budget`` ("per_frame" or "per_clip").
+
+    Returns
+    -------
+    LiteLVLMPatch
+        ``.disable()`` undoes it; also a context manager. ``.last_report``: placeholder and
+        token counts of the last call.
+
+    Examples
+    --------
+    >>> with enable_litelvlm(llava, clip, clip_tok, num_retain=192):                   # doctest: +SKIP
+    ...     out = llava.generate(**inputs, referring_expressions=[["the man on the left"]])
+    """
+    if getattr(model, "_litelvlm_patch", None) is not None:
+        raise ValueError("model: LiteLVLM is already enabled on this model; disable it first")
+    cls = _adapter_for(model)
+    s = LiteLVLMSettings(**settings).check()
+    if pruner is None:
+        vision = model_part(model, "vision_tower")
+        if visual_projection is None:  # a CLIPModel as text_model carries the projection too
+            visual_projection = getattr(text_model, "visual_projection", None)
+        pruner = LiteLVLMPruner(vision, text_model, tokenizer, visual_projection=visual_projection,
+                                select_layer=cls.select_layer_of(model))
+    return LiteLVLMPatch(model, cls(model, pruner, s))
+
+
+def disable_litelvlm(model) -> None:
+    """Undo ``enable_litelvlm`` on ``model`` (no-op if it is not enabled)."""
+    patch = getattr(model, "_litelvlm_patch", None)
+    if patch is not None:
+        patch.disable()

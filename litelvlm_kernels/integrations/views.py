@@ -1,0 +1,80 @@
+"""Selection over several views of one visual input (LLaVA-NeXT tiles, video frames), with the public ops.
+
+A view is one CLIP forward row (the base image, a tile, a frame). Some of a
+view's tokens may not exist in the model's input (LLaVA-NeXT's unpadding crops
+the padded border of the tile grid): those are masked out of the selection
+by giving them the last place in both rankings (similarity +inf: bottom-k
+takes them after every real token; contribution -inf: recovery takes them
+after every real token), and dropped from the result. A view whose real
+tokens number fewer than R' therefore keeps all of them.
+
+Budgets:
+
+* **per view** (``per_tile`` / ``per_frame``): every view keeps its own R'.
+* **joint** (``global`` / ``per_clip``): one selection of R' over the real
+  tokens of all views of an item. Text similarity is comparable across views
+  as it is (the same folded text, one formula per token). The [CLS]
+  contribution is not: each view has its own [CLS], whose softmax sums to 1
+  over its own tokens, and ||v|| differs from view to view. Each view's
+  contributions are therefore divided by their sum over the view's real
+  tokens, so a token's score is its share of its own view's [CLS] output and
+  every view carries the same total weight 1 (a tile of a 2 x 2 grid covers a
+  quarter of the image but also sees it at twice the base view's
+  resolution).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+
+INF = float("inf")
+
+
+def min_votes(multi_text) -> int:
+    """``multi_text`` of ``litelvlm_kernels.prune`` as the ops' ``min_votes`` (checked by the settings)."""
+    return {"union": 1, "intersection": 0}.get(multi_text, multi_text)
+
+
+def view_similarity(pruner, hidden, cond, view_item: torch.Tensor):
+    """s [V, T, M] fp32 and num_texts [V] (or None) for views of items ``view_item`` [V]."""
+    folded = cond.folded
+    if cond.num_groups == 1:
+        w, b, num = folded.w, folded.b, None
+    else:
+        idx = view_item.to(folded.w.device)
+        w, b, num = folded.w[idx], folded.b[idx], cond.num_texts[idx]
+    return ops.text_similarity(hidden.detach(), w, b, pruner.ln_eps), num
+
+
+def contribution(cap):
+    """c [V, M] fp32: each patch's contribution to its own view's [CLS] (last layer)."""
+    return ops.cls_contribution(cap.q_cls.detach(), cap.keys.detach(), cap.values.detach())
+
+
+def select_views(s, c, num, valid: torch.Tensor, groups: list, settings, joint: bool) -> list:
+    """Kept token indices of each view (ascending, real tokens only).
+
+    s [V, T, M], c [V, M], num [V] or None, valid [V, M] bool; ``groups``: the
+    views of each item (used when ``joint``).
+    """
+    R, mv, kpt = settings.num_retain, min_votes(settings.multi_text), settings.k_per_text or 0
+    s = s.masked_fill(~valid[:, None, :], INF)
+    c = c.masked_fill(~valid, -INF)
+    if not joint:
+        idx, _, _ = ops.select_tokens(s, c, R, mv, kpt, "spatial", num)
+        return [row[valid[v, row]] for v, row in enumerate(idx)]
+    kept = [None] * s.shape[0]
+    for views in groups:
+        sv = torch.cat([s[v][:, valid[v]] for v in views], -1).unsqueeze(0)
+        share = [c[v][valid[v]] / c[v][valid[v]].sum().clamp_min(torch.finfo(c.dtype).tiny) for v in views]
+        idx, _, _ = ops.select_tokens(sv, torch.cat(share).unsqueeze(0), R, mv, kpt, "spatial",
+                                      None if num is None else num[views[:1]])
+        start = 0
+        for v in views:
+            real = valid[v].nonzero().flatten()
+            mine = idx[0][(idx[0] >= start) & (idx[0] < start + real.numel())] - start
+            kept[v] = real[mine]
+            start += real.numel()
+    return kept
