@@ -21,7 +21,7 @@ On the CPU the providers' calls are interleaved one by one (random order,
 times (see ``_interleaved_cpu`` for why not ``common.measure`` here).
 On CUDA, ``measure`` uses triton.testing.do_bench, and each row also
 carries GB/s (bytes read + written: 2 * B*R*C*itemsize + indices) and the
-percentage of a device-to-device copy measured in the same run (DESIGN.md
+percentage of a device-to-device copy measured in the same run (docs/design.md
 section 7's 100% mark).
 
 Writes ``benchmarks/results/gather-<device>.json`` (long format, one row per
@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,7 +43,7 @@ from litelvlm_kernels.ops.gather_tokens import gather_tokens
 
 from .common import copy_bandwidth_gbs, markdown_table, measure, make_row, write_rows
 
-M = 576  # CLIP ViT-L/14-336 patch tokens (DESIGN.md section 6)
+M = 576  # CLIP ViT-L/14-336 patch tokens (docs/design.md section 6)
 
 
 def shapes(quick: bool, device: str):
@@ -110,12 +110,18 @@ def _interleaved_cpu(fns: Dict[str, Callable[[], object]], min_s: float = 0.3, m
     return out
 
 
-def run(device: str, quick: bool, dtypes) -> List[dict]:
+def run(device: str, quick: bool, dtypes, grid: Optional[List[Tuple[int, int, int]]] = None,
+        on_row: Optional[Callable[[dict], object]] = None) -> List[dict]:
+    """Rows of every provider at every (B, C, R) of ``grid`` (default ``shapes(quick, device)``).
+
+    ``on_row`` is called with each row as soon as it exists (``common.RowSink.add``
+    writes it to disk), so a run cut short keeps the shapes measured before.
+    """
     dev = torch.device(device)
     copy_gbs = copy_bandwidth_gbs(dev) if dev.type == "cuda" else None
     rows = []
     for dtype in dtypes:
-        for B, C, R in shapes(quick, device):
+        for B, C, R in (grid if grid is not None else shapes(quick, device)):
             g = torch.Generator().manual_seed(0)
             tokens = torch.randn(B, M, C, generator=g).to(dtype).to(dev)
             indices = torch.stack([torch.randperm(M, generator=g)[:R] for _ in range(B)]).to(dev)
@@ -145,6 +151,8 @@ def run(device: str, quick: bool, dtypes) -> List[dict]:
                     extra["copy_gb_per_s"] = copy_gbs
                     extra["pct_of_copy"] = 100.0 * extra["gb_per_s"] / copy_gbs
                 rows.append(make_row("gather_tokens", name, shape, dtype, t[name], device=dev, **extra))
+                if on_row is not None:
+                    on_row(rows[-1])
             del tokens, fns
     return rows
 

@@ -27,21 +27,26 @@ Rows (one per measurement, long format, benchmarks/common.py):
   hidden, intermediate, layers, heads, kv_heads}; extra ``model``, ``macs``,
   ``tflops`` (per row of the batch x B), ``macs_percent`` (of the unpruned prefill),
   ``time_ratio`` (time / time at ``--visual``), ``speedup`` (inverse),
-  ``achieved_tflops``.
+  ``achieved_tflops``, ``kv_cache_bytes`` (K and V of every layer, from the shapes),
+  ``kv_cache_bytes_measured`` (what the returned cache holds), ``weights_bytes``,
+  on CUDA ``peak_mem_bytes`` (``torch.cuda.max_memory_allocated`` over one forward,
+  weights included) and ``peak_over_weights_bytes``; ``layers_built`` and
+  ``layer_scale`` (``--layers``: fewer layers built, times scaled per layer).
 * op ``prune``, provider ``litelvlm`` (the ops) or ``reference`` (eager oracle):
   shape {B, M, Dv, D, T, R} per CLIP image/tile of M = 576 patches (``--visual 2880``:
   5 tiles per image, each keeping R // 5); extra ``images``, ``tiles``,
   ``visual_kept`` (R over all tiles), ``prefill_ms_pruned`` (prefill at R + text),
   ``prefill_ms_full``, ``share_of_pruned_prefill`` (prune / (prune + prefill at R)),
-  ``end_to_end_speedup`` (prefill full / (prune + prefill at R)).
+  ``share_of_full_prefill`` (prune / prefill at ``--visual``), ``end_to_end_speedup`` (prefill full / (prune + prefill at R)).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -54,7 +59,7 @@ from litelvlm_kernels.flops import DecoderConfig, prefill_macs  # noqa: E402
 #: CPU stand-in: LLaMA-7B's proportions (h_ff / h = 2.6875, head_dim 64..128) at h = 512.
 SMALL = DecoderConfig(hidden=512, intermediate=1376, layers=4, heads=8, kv_heads=8, vocab=1024)
 
-# CLIP ViT-L/14-336 (DESIGN.md section 6)
+# CLIP ViT-L/14-336 (docs/design.md section 6)
 CLIP_M, CLIP_DV, CLIP_D, CLIP_P = 576, 1024, 1024, 768
 
 
@@ -149,9 +154,69 @@ def interleaved(fns: Dict[object, callable], device: torch.device, *, rounds: in
     return out
 
 
+def kv_cache_bytes(cfg: DecoderConfig, batch: int, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of the KV cache a prefill of ``tokens`` leaves: K and V, every layer and kv head."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.layers * batch * cfg.kv_heads * cfg.dim_head * tokens * itemsize
+
+
+def cache_nbytes(cache) -> Optional[int]:
+    """Bytes held by a transformers cache object (``DynamicCache`` of transformers 4.x / 5.x), or None."""
+    if cache is None:
+        return None
+    layers = getattr(cache, "layers", None)  # transformers >= 4.54: one object per layer
+    if layers is not None:
+        total = 0
+        for layer in layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                total += t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+        return total
+    try:  # older caches: key_cache / value_cache lists, or a legacy tuple of (k, v) per layer
+        tensors = list(getattr(cache, "key_cache")) + list(getattr(cache, "value_cache"))
+    except (AttributeError, TypeError):
+        try:
+            tensors = [t for kv in cache for t in kv]
+        except TypeError:
+            return None
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def memory_of(fwd, device: torch.device) -> dict:
+    """Run ``fwd`` once: peak allocated bytes (CUDA only), the increase over the start, cache bytes held."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    out = fwd()
+    if cuda:
+        torch.cuda.synchronize(device)
+    # transformers 5.24 calls the output's cache `cache` (`past_key_values` warns); 5.17 and 4.x: past_key_values
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    stats = {"kv_cache_bytes_measured": cache_nbytes(cache)}
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        stats.update(peak_mem_bytes=peak, peak_over_weights_bytes=peak - start)
+    del out
+    return stats
+
+
 def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 64), text: int = 64,
         batches=(1,), dtype: Optional[str] = None, attn: str = "sdpa", num_texts: int = 1,
-        use_cache: bool = True, rep_ms: float = 1000.0, rounds: int = 15) -> List[dict]:
+        use_cache: bool = True, rep_ms: float = 1000.0, rounds: int = 15, layers: Optional[int] = None,
+        on_row: Optional[Callable[[dict], object]] = None) -> List[dict]:
+    """Prefill and prune rows (see the module docstring).
+
+    ``layers``: build only that many decoder layers and scale the prefill times by
+    ``cfg.layers / layers`` (every layer has the same shape, so per-layer time is
+    the same; the final norm and rotary tables, < 1% of a layer, are scaled with it).
+    Rows then carry ``layers_built`` and ``layer_scale``; memory figures are those of
+    the built model, ``kv_cache_bytes`` that of the full one. ``on_row`` gets each
+    row as soon as it exists.
+    """
     dev = torch.device(device)
     if config == "auto":
         config = "vicuna-7b" if dev.type == "cuda" else "small"
@@ -160,7 +225,12 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
     else:
         cfg = SMALL if config == "small" else DecoderConfig.preset(config)
     dt = getattr(torch, dtype) if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
-    model = build_decoder(cfg, dev, dt, attn)
+    built = dataclasses.replace(cfg, layers=layers) if layers and layers < cfg.layers else cfg
+    scale = cfg.layers / built.layers
+    model = build_decoder(built, dev, dt, attn)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     provider = f"hf-llama-{attn}"
     keeps = [k for k in dict.fromkeys(keeps) if 0 <= k < visual]
     # the pruning sees CLIP ViT-L/14-336 images of 576 patches: more visual tokens
@@ -179,6 +249,7 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                     return model(inputs_embeds=x, use_cache=use_cache)
 
             fns[("llm_prefill", v)] = fwd
+        mem = {v: memory_of(fns[("llm_prefill", v)], dev) for v in [visual, *keeps]}
         inp = clip_inputs(B * tiles, num_texts, dev, dt)
         for R in keeps:
             if R // tiles < max(1, num_texts):
@@ -191,6 +262,8 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                     continue
                 fns[("prune", prov, R)] = fn
         times = interleaved(fns, dev, rounds=rounds, rep_ms=rep_ms)
+        for v in [visual, *keeps]:  # fewer layers built: per-layer time x the model's layers
+            times[("llm_prefill", v)] = {k: x * scale for k, x in times[("llm_prefill", v)].items()}
 
         prefill_ms = {v: times[("llm_prefill", v)]["p50_ms"] for v in [visual, *keeps]}
         for v in [visual, *keeps]:
@@ -203,7 +276,11 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                 threads=torch.get_num_threads() if dev.type == "cpu" else None,
                 macs=macs, tflops=2 * macs * B / 1e12, macs_percent=100.0 * macs / full_macs,
                 achieved_tflops=2 * macs * B / 1e12 / (t["p50_ms"] * 1e-3),
-                time_ratio=prefill_ms[v] / prefill_ms[visual], speedup=prefill_ms[visual] / prefill_ms[v]))
+                time_ratio=prefill_ms[v] / prefill_ms[visual], speedup=prefill_ms[visual] / prefill_ms[v],
+                kv_cache_bytes=kv_cache_bytes(cfg, B, n, dt) if use_cache else 0, weights_bytes=weights_bytes,
+                layers_built=built.layers, layer_scale=scale, **mem[v]))
+            if on_row is not None:
+                on_row(rows[-1])
             print(f"[bench_prefill] prefill B={B} tokens={n}: {t['p50_ms']:.3f} ms", file=sys.stderr)
         for key, t in times.items():
             if key[0] != "prune":
@@ -215,7 +292,10 @@ def run(device: str = "cpu", config="auto", visual: int = 576, keeps=(192, 128, 
                 "prune", prov, shape, dt, t, device=dev, model=config, images=B, tiles=tiles, visual_kept=R,
                 threads=torch.get_num_threads() if dev.type == "cpu" else None,
                 prefill_ms_pruned=prefill_ms[R], prefill_ms_full=prefill_ms[visual],
-                share_of_pruned_prefill=t["p50_ms"] / total, end_to_end_speedup=prefill_ms[visual] / total))
+                share_of_pruned_prefill=t["p50_ms"] / total, share_of_full_prefill=t["p50_ms"] / prefill_ms[visual],
+                end_to_end_speedup=prefill_ms[visual] / total))
+            if on_row is not None:
+                on_row(rows[-1])
             print(f"[bench_prefill] prune {prov} B={B} R={R}: {t['p50_ms']:.3f} ms "
                   f"({100 * t['p50_ms'] / total:.2f}% of pruned prefill)", file=sys.stderr)
     return rows
@@ -226,12 +306,15 @@ def summary(rows: List[dict]) -> str:
     out = []
     pre = [r for r in rows if r["op"] == "llm_prefill"]
     if pre:
-        out += ["| B | visual | tokens | prefill p50 (ms) | time / full | MACs % of full | TFLOPs |",
-                "|---|---|---|---|---|---|---|"]
+        out += ["| B | visual | tokens | prefill p50 (ms) | time / full | MACs % of full | TFLOPs | KV cache MB "
+                "| peak GB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in pre:
             s = r["shape"]
+            kv = r.get("kv_cache_bytes")
+            peak = r.get("peak_mem_bytes")
             out.append(f"| {s['B']} | {s['visual']} | {s['tokens']} | {r['p50_ms']:.3f} | {r['time_ratio']:.3f} "
-                       f"| {r['macs_percent']:.1f} | {r['tflops']:.3f} |")
+                       f"| {r['macs_percent']:.1f} | {r['tflops']:.3f} | {'' if kv is None else f'{kv / 1e6:.1f}'} "
+                       f"| {'' if peak is None else f'{peak / 1e9:.2f}'} |")
     pr = [r for r in rows if r["op"] == "prune"]
     if pr:
         out += ["", "| provider | B | R | prune p50 (ms) | share of (prune + prefill at R) | end-to-end speed-up |",
@@ -262,13 +345,15 @@ def main(argv=None) -> int:
     p.add_argument("--rep-ms", type=float, default=1000.0,
                    help="CUDA: do_bench time per measurement (a 7B prefill takes tens of ms)")
     p.add_argument("--rounds", type=int, default=15, help="CPU: interleaved rounds (samples per configuration)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="build only this many decoder layers and scale the times per layer (memory: built model)")
     p.add_argument("--name", default="prefill", help="results file stem: <name>-<device>.json")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = run(a.device, a.config, a.visual, a.keep, a.text, a.batch, a.dtype, a.attn, a.texts,
-               not a.no_cache, a.rep_ms, a.rounds)
+               not a.no_cache, a.rep_ms, a.rounds, a.layers)
     print(summary(rows))
     if not a.no_write:
         print("wrote", write_rows(rows, a.name, device=a.device))

@@ -1,6 +1,6 @@
 """Timing and result rows shared by every benchmark script.
 
-One row per measurement, long format (CONVENTIONS.md item 8):
+One row per measurement, long format:
 op, provider, shape (dict), dtype, p50_ms / p20_ms / p80_ms, device, torch and
 triton versions, timestamp, plus whatever the script adds (GB/s, ratios).
 Markdown tables and plots are drawn from these files by ``benchmarks.report``.
@@ -128,13 +128,78 @@ def markdown_table(rows: Iterable[dict], columns: List[str]) -> str:
     return "\n".join(lines)
 
 
+def measure_copy(device, nbytes: int = 1 << 28) -> Dict[str, float]:
+    """Time a device-to-device copy of ``nbytes``: ``measure``'s quantiles plus ``gbs``.
+
+    ``gbs`` counts bytes read + written (2 * nbytes) per second at the median: the
+    100% mark of docs/design.md section 7, measured on the same card as the kernel.
+    256 MiB by default: 5x an H100's 50 MB L2, so the copy runs from HBM.
+    """
+    device = torch.device(device)
+    src = torch.randn(nbytes // 4, dtype=torch.float32, device=device)  # not zeros (see docs/benchmarks.md)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), device)
+    return {**t, "gbs": 2 * nbytes / (t["p50_ms"] * 1e-3) / 1e9, "bytes": 2 * nbytes}
+
+
 def copy_bandwidth_gbs(device, nbytes: int = 1 << 28) -> float:
     """Device-to-device copy bandwidth (bytes read + written per second, in GB/s).
 
-    The 100% mark of DESIGN.md section 7, measured on the same card as the kernel.
+    The 100% mark of docs/design.md section 7, measured on the same card as the kernel.
     """
+    return measure_copy(device, nbytes)["gbs"]
+
+
+def wall_per_call(fn: Callable[[], object], device, *, calls: int = 100, repeats: int = 7,
+                  warmup: int = 20) -> Dict[str, float]:
+    """Host wall-clock time per call of ``fn`` called back to back (p50/p20/p80 over repeats, ms).
+
+    What an eager caller pays per call: Python, dispatch and launch overhead, or the
+    device time when that is longer (the queue fills and the host waits). Each repeat
+    runs ``calls`` calls and synchronises once at the end, so one synchronisation
+    (~10 us) is spread over 100 calls.
+    """
+    import time
+
     device = torch.device(device)
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), device)
-    return 2 * nbytes / (t["p50_ms"] * 1e-3) / 1e9
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
+    per_call = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        per_call.append((time.perf_counter() - t0) * 1e3 / calls)
+    t = torch.tensor(per_call, dtype=torch.float64)
+    qs = torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64))
+    return {"p50_ms": float(qs[0]), "p20_ms": float(qs[1]), "p80_ms": float(qs[2])}
+
+
+class RowSink:
+    """Rows written to ``<directory>/<name>-<device slug>.json`` as each one is added.
+
+    The whole file is rewritten (a temporary file, then ``os.replace``) on every
+    ``add``, so a run that is killed part-way leaves every row measured before the
+    kill in a valid JSON file. Rows are small (~1 kB): rewriting 100 of them costs
+    well under a millisecond.
+    """
+
+    def __init__(self, name: str, device="cpu", directory: str = RESULTS_DIR):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"{name}-{device_slug(device)}.json")
+        self.rows: List[dict] = []  # a fresh file: an older run's rows are replaced, as write_rows does
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.rows, f, indent=1)
+        os.replace(tmp, self.path)
+        return row

@@ -1,0 +1,205 @@
+"""The GPU benchmarks of ``scripts/gpu_check.sh`` (issue 10, item 4), one part per process.
+
+``python -m benchmarks.gpu_bench {select,gather,prefill} --out DIR [--device cuda]``
+
+Each part reuses the provider functions of ``bench_select`` / ``bench_gather`` /
+``bench_prefill`` and writes long-format rows (``common.make_row``) to
+``DIR/<part>-<card>.json`` through ``common.RowSink``, one row at a time, so a part
+killed by its time box keeps every row measured before. Times are
+``triton.testing.do_bench`` medians after its warm-up (CUDA events), except the
+``*.wall`` providers: host wall-clock time per eagerly called op (``common.wall_per_call``).
+
+- ``select``: select + gather (fused_select + gather_tokens) at the CLIP ViT-L/14-336
+  shapes of docs/design.md section 6 (M = 576, Dv = D = 1024, P = 768, T = 2, R = 192,
+  fp16). B = 1: ``ops`` (do_bench), ``ops.cudagraph`` (graph replay), ``ops.wall``,
+  ``api`` / ``api.wall`` (``litelvlm_kernels.prune``), the eager ``reference`` and, last
+  because it compiles for tens of seconds, ``reference.compile``. B = 64 (frames):
+  ``ops``, ``ops.cudagraph``, ``api`` with GB/s on the bytes that must be read (hidden +
+  keys + values once) and % of a device-to-device copy timed in the same process
+  (op ``d2d_copy``; docs/design.md section 7's 100% mark counts bytes read + written).
+- ``gather``: ``bench_gather.run`` at (B, C, R) = (64, 4096, 192), (1, 4096, 192) and
+  (1, 1024, 192), fp16: % of the same copy, ratios to torch.gather and index_select.
+- ``prefill``: ``bench_prefill.run`` with the LLaMA-7B / Vicuna-7B decoder (hidden 4096,
+  32 heads, FFN 11008; random fp16 weights built on the GPU) at 576 + 64 tokens and
+  192 / 128 / 64 visual + 64 text tokens, the pruning timed beside it, peak memory and
+  KV-cache bytes per configuration. ``--layers N`` builds N layers and scales per layer.
+
+``--device cpu`` runs the same code on tiny shapes (``--tiny``), for tests only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from benchmarks import bench_gather, bench_prefill, bench_select
+from benchmarks.common import RowSink, make_row, measure, measure_copy, wall_per_call
+
+SELECT_SHAPE = {"T": 2, "M": 576, "Dv": 1024, "D": 1024, "P": 768, "R": 192}
+TINY_SELECT = {"T": 2, "M": 100, "Dv": 64, "D": 64, "P": 32, "R": 24}
+GATHER_GRID = [(64, 4096, 192), (1, 4096, 192), (1, 1024, 192)]  # (B, C, R)
+TINY_GATHER = [(2, 64, 16)]
+
+
+def _log(msg: str) -> None:
+    print(f"[gpu_bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _timed(fn, device, kind: str, rep_ms: float, tiny: bool = False):
+    if kind == "wall":  # 7 x 100 calls on the GPU (~20 us each); a handful for the CPU tests
+        return wall_per_call(fn, device, **(dict(calls=3, repeats=3, warmup=1) if tiny else {}))
+    return measure(fn, device, cuda_graph=(kind == "graph"), rep_ms=rep_ms)
+
+
+def _check_select(x, folded, R):
+    """The timed ops must be right: same kept set as the reference (up to near-ties) and gathered rows equal."""
+    from litelvlm_kernels.testing import assert_valid_indices
+
+    idx, tokens = bench_select._ops_fn(x, folded, R)()
+    assert_valid_indices(idx.cpu(), x.hidden.shape[1], R)
+    expected = torch.gather(x.hidden, 1, idx[..., None].expand(-1, -1, x.hidden.shape[-1]))
+    assert torch.equal(tokens, expected), "gather_tokens differs from torch.gather on the kept indices"
+    ref_idx, _ = bench_select._reference_fn(x, R)()
+    same = (torch.sort(idx, 1).values == torch.sort(ref_idx, 1).values).float().mean().item()
+    _log(f"select check B={idx.shape[0]}: {100 * same:.2f}% of kept indices equal the reference's "
+         "(fp16 near-ties may swap a few; tests/triton checks the tolerance)")
+    return same
+
+
+def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100.0, batches=(1, 64),
+               compile_reference: bool = True):
+    """Select + gather rows (see the module docstring); returns the rows."""
+    import litelvlm_kernels as lk
+    from litelvlm_kernels.synthetic import clip_inputs
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    dtype = torch.float16 if cuda else torch.float32
+    sh = dict(TINY_SELECT if tiny else SELECT_SHAPE)
+    copy = None
+    if cuda:
+        copy = measure_copy(device)
+        sink.add(make_row("d2d_copy", "torch.copy_", {"bytes": copy["bytes"]}, torch.float32,
+                          {k: copy[k] for k in ("p50_ms", "p20_ms", "p80_ms")}, device=device, gbs=copy["gbs"]))
+        _log(f"device-to-device copy: {copy['gbs']:.0f} GB/s (read + write)")
+    t_ref = {}
+    for B in batches:
+        x = clip_inputs(B, sh["T"], sh["M"], sh["Dv"], sh["D"], sh["P"], text_batch=1, dtype=dtype,
+                        device=device, seed=B)
+        folded = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
+        R = sh["R"]
+        agree = _check_select(x, folded, R)
+        nbytes = B * sh["M"] * (sh["Dv"] + 2 * sh["D"]) * x.hidden.element_size()  # hidden + keys + values
+        shape = dict(B=B, **{k: sh[k] for k in ("T", "M", "Dv", "D", "P", "R")})
+        ops, api = bench_select._ops_fn(x, folded, R), bench_select._api_fn(x, folded, R)
+        plan = [("ops", ops, "bench"), ("ops.cudagraph", ops, "graph"), ("ops.wall", ops, "wall"),
+                ("api", api, "bench"), ("api.wall", api, "wall")]
+        if not cuda:
+            plan = [p for p in plan if p[2] != "graph"]
+        if B == 1:  # first, for the speed-ups; at B = 64 its per-row Python loop would take the step's budget
+            plan.insert(0, ("reference", bench_select._reference_fn(x, R), "bench"))
+        for name, fn, kind in plan:
+            try:
+                t = _timed(fn, device, kind, rep_ms, tiny)
+            except Exception as e:  # noqa: BLE001  (one provider failing must not cost the others)
+                _log(f"{name} B={B}: FAILED {type(e).__name__}: {e}")
+                continue
+            if name == "reference":
+                t_ref[B] = t["p50_ms"]
+            _add_select_row(sink, name, shape, dtype, t, nbytes, t_ref.get(B), copy, device, agree)
+        del x, folded, ops, api
+        if cuda:
+            torch.cuda.empty_cache()
+    if compile_reference and 1 in batches:
+        # Last: torch.compile of the reference takes tens of seconds (graph breaks on its per-row loop).
+        x = clip_inputs(1, sh["T"], sh["M"], sh["Dv"], sh["D"], sh["P"], text_batch=1, dtype=dtype,
+                        device=device, seed=1)
+        nbytes = sh["M"] * (sh["Dv"] + 2 * sh["D"]) * x.hidden.element_size()
+        try:
+            fn = bench_select._compiled_reference_fn(x, sh["R"])
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            compile_s = time.perf_counter() - t0
+            t = _timed(fn, device, "bench", rep_ms, tiny)
+            _add_select_row(sink, "reference.compile", dict(B=1, **{k: sh[k] for k in ("T", "M", "Dv", "D", "P", "R")}),
+                            dtype, t, nbytes, t_ref.get(1), copy, device, None, compile_s=compile_s)
+        except Exception as e:  # noqa: BLE001  (a compile failure is reported, the rows so far are kept)
+            _log(f"reference.compile: FAILED {type(e).__name__}: {e}")
+    return sink.rows
+
+
+def _add_select_row(sink, name, shape, dtype, t, nbytes, t_ref, copy, device, agree, **more):
+    gbs = nbytes / (t["p50_ms"] * 1e-3) / 1e9
+    extra = dict(gbs=gbs, bytes=nbytes, **more)
+    if agree is not None:
+        extra["indices_equal_reference"] = agree
+    if t_ref:
+        extra["speedup_vs_reference"] = t_ref / t["p50_ms"]
+    if copy:
+        extra.update(copy_gbs=copy["gbs"], pct_of_copy=100.0 * gbs / copy["gbs"])
+    sink.add(make_row("select+gather", name, shape, dtype, t, device=device, **extra))
+    _log(f"select+gather {name:18s} B={shape['B']:<3d} p50 {t['p50_ms'] * 1e3:9.1f} us  {gbs:8.1f} GB/s"
+         + (f"  x{extra['speedup_vs_reference']:.1f} vs reference" if t_ref else "")
+         + (f"  {extra['pct_of_copy']:.0f}% of copy" if copy else ""))
+
+
+def run_gather(device, sink: RowSink, *, tiny: bool = False):
+    """gather_tokens rows at GATHER_GRID (fp16 on CUDA), written as they come."""
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    rows = bench_gather.run(str(device), False, [dtype], grid=TINY_GATHER if tiny else GATHER_GRID, on_row=sink.add)
+    for r in rows:
+        s = r["shape"]
+        _log(f"gather {r['provider']:16s} B={s['B']:<3d} C={s['C']:<5d} p50 {r['p50_ms'] * 1e3:9.1f} us  "
+             f"{r['gb_per_s']:8.1f} GB/s" + (f"  {r['pct_of_copy']:.0f}% of copy" if "pct_of_copy" in r else ""))
+    return rows
+
+
+def run_prefill(device, sink: RowSink, *, tiny: bool = False, layers=None, rep_ms: float = 300.0):
+    """Prefill + prune rows (LLaMA-7B shapes on CUDA; a 2-layer h = 64 decoder with ``tiny``)."""
+    from litelvlm_kernels.flops import DecoderConfig
+
+    if tiny:
+        cfg = DecoderConfig(hidden=64, intermediate=172, layers=2, heads=4, kv_heads=2, vocab=128)
+        rows = bench_prefill.run(str(device), cfg, visual=48, keeps=(16,), text=8, rounds=2, layers=layers,
+                                 on_row=sink.add)
+    else:
+        rows = bench_prefill.run(str(device), "llama-7b", visual=576, keeps=(192, 128, 64), text=64,
+                                 rep_ms=rep_ms, layers=layers, on_row=sink.add)
+    print(bench_prefill.summary(rows), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("part", choices=["select", "gather", "prefill"])
+    p.add_argument("--out", required=True, help="directory of the JSON rows")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU tests of this code)")
+    p.add_argument("--layers", type=int, default=None, help="prefill: decoder layers built (times scaled per layer)")
+    p.add_argument("--rep-ms", type=float, default=None, help="do_bench time per measurement")
+    p.add_argument("--no-compile", action="store_true", help="select: skip torch.compile(reference)")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device", file=sys.stderr)
+        return 2
+    sink = RowSink(a.part, device=device, directory=a.out)
+    _log(f"{a.part} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} -> {sink.path}")
+    if a.part == "select":
+        run_select(device, sink, tiny=a.tiny, rep_ms=a.rep_ms or 100.0, compile_reference=not a.no_compile)
+    elif a.part == "gather":
+        run_gather(device, sink, tiny=a.tiny)
+    else:
+        run_prefill(device, sink, tiny=a.tiny, layers=a.layers, rep_ms=a.rep_ms or 300.0)
+    _log(f"wrote {len(sink.rows)} rows to {sink.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
