@@ -40,15 +40,12 @@ def _extension():
     # No -DPy_LIMITED_API here: with py_limited_api=True torch's cpp_extension
     # defines it itself (0x030A0000 in torch 2.13); a second definition only warns.
     cxx_flags = ["-O3", "-fopenmp"]
-    define_macros = []
     if build_cuda:
         print(f"[litelvlm_kernels] building CUDA kernels ({reason})", file=sys.stderr)
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        define_macros.append(("LITELVLM_WITH_CUDA", None))
         return CUDAExtension(
             "litelvlm_kernels._C",
             sources,
-            define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
@@ -57,7 +54,6 @@ def _extension():
     return CppExtension(
         "litelvlm_kernels._C",
         sources,
-        define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
         py_limited_api=True,
@@ -69,11 +65,19 @@ def _triton_requirement():
     return "triton; platform_system == 'Linux' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')"
 
 
+def _readme():
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 setup(
     name="litelvlm_kernels",
     version="0.1.0",
     description="Fused kernels for LiteLVLM text-guided visual token pruning",
-    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description=_readme(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # triton_ops/ lives at the top of the repo but installs inside our package,
@@ -84,7 +88,7 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     install_requires=["torch>=2.6", "numpy", _triton_requirement()],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff>=0.5"],
         "hf": ["transformers>=4.45"],
         "plot": ["matplotlib"],
     },
