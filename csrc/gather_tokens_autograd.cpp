@@ -1,17 +1,11 @@
 // Autograd kernel of litelvlm::gather_tokens (backend independent).
 //
-// Why C++ and not torch.library.register_autograd: a Python autograd kernel
-// runs for every call made with grad mode on, even when no input requires
-// grad (also under torch.no_grad, where it only redispatches). Measured here
-// (2 threads): B=1, R=64, C=1024 fp16 took ~15 us through the Python kernel
-// against ~7 us without it and ~6 us for torch.index_select, so a small gather
-// could not reach the 0.95x target with it. A C++ torch::autograd::Function
-// costs well under a microsecond when nothing requires grad.
-//
-// Backward: the gradient of a gather is a scatter-add of grad_out into zeros
-// [B, M, C] of tokens' dtype (an index kept twice accumulates both rows).
-// It is composed of ATen ops, so it is itself differentiable (double backward)
-// and traceable with symbolic sizes (torch.compile dynamic=True).
+// In C++ rather than torch.library.register_autograd because a Python autograd
+// kernel runs on every call made with grad mode on, even when no input requires
+// grad, and cost more than a whole small gather (numbers in docs/gather.md).
+// The backward (a scatter-add of grad_out into zeros [B, M, C]) is described
+// in docs/gather.md, "Autograd"; it is composed of ATen ops, so it is itself
+// differentiable and traceable with symbolic sizes.
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
@@ -56,9 +50,8 @@ class GatherTokens : public torch::autograd::Function<GatherTokens> {
 };
 
 at::Tensor gather_tokens_autograd(const at::Tensor& tokens, const at::Tensor& indices) {
-  // Function::apply costs ~1.3 us even when nothing needs a graph (measured on a
-  // tiny gather: 3.4 us with it, 2.1 us without); skip it when no gradient, reverse
-  // or forward mode, can flow.
+  // Function::apply has a fixed cost even when nothing needs a graph (docs/gather.md):
+  // skip it when no gradient, reverse or forward mode, can flow.
   if (!(at::GradMode::is_enabled() && tokens.requires_grad()) && !tokens._fw_grad(0).defined()) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_gather(tokens, indices);

@@ -18,11 +18,12 @@
 // Block size: enough threads for the row at kUnroll vectors each, 32..256. With
 // B=64, R=192, C=4096 fp16 (8 KB rows) that is 128 threads x 4 x 16 B per row and
 // 12288 blocks: ~16 resident blocks x 8 KB = 128 KB in flight per SM, well above
-// the ~15 KB/SM that bandwidth x latency (3.35 TB/s x ~600 ns over 132 SMs) needs.
+// the ~15 KB/SM that bandwidth x latency needs (H100 SXM datasheet 3.35 TB/s x ~600 ns
+// DRAM latency, over 132 SMs).
 //
 // Headers: only c10/cuda ones, not ATen/cuda/CUDAContext.h (it pulls cuBLAS /
-// cuSPARSE headers that a bare toolkit may lack; see PLATFORM.md). Everything
-// runs on the current stream, nothing synchronises.
+// cuSPARSE headers that a bare toolkit may lack; docs/gather.md, "Building with
+// CUDA"). Everything runs on the current stream, nothing synchronises.
 
 #include "../gather_tokens.h"
 
