@@ -214,11 +214,14 @@ def _padding_side(attention_mask) -> str:
     return "left"  # no padding in the input: left, what generate() needs for decoder-only models
 
 
-def shrink(keep: torch.Tensor, tensors: dict, pads: dict, side: str) -> dict:
-    """Keep the ``keep`` [B, L] columns of each [B, L] tensor, re-padded to the longest row on ``side``.
+def shrink(dropped: torch.Tensor, real: torch.Tensor, tensors: dict, pads: dict, side: str) -> dict:
+    """Drop the ``dropped`` [B, L] placeholders and the padding (``~real``) of each [B, L] tensor, re-pad the
+    rows to the longest on ``side`` with ``pads[name]``.
 
-    ``position_ids`` are renumbered so each row's positions stay consecutive.
+    ``position_ids`` are renumbered (minus the placeholders dropped before each position) so each row's
+    positions stay consecutive.
     """
+    keep = real & ~dropped
     n = keep.sum(1)
     L = int(n.max()) if n.numel() else 0
     out = {}
@@ -227,7 +230,7 @@ def shrink(keep: torch.Tensor, tensors: dict, pads: dict, side: str) -> dict:
             out[name] = None
             continue
         if name == "position_ids":
-            t = t - (~keep).long().cumsum(1)
+            t = t - dropped.long().cumsum(1)
         new = t.new_full((t.shape[0], L), pads[name])
         for b in range(t.shape[0]):
             row = t[b][keep[b]]
@@ -247,7 +250,7 @@ def prepare_inputs(adapter: FamilyAdapter, kwargs: dict, expressions) -> tuple:
     if kwargs.get("inputs_embeds") is not None:
         raise ValueError("inputs_embeds: cannot be combined with pixel inputs while LiteLVLM is enabled")
     s = adapter.settings
-    keep = torch.ones_like(ids, dtype=torch.bool)
+    dropped = torch.zeros_like(ids, dtype=torch.bool)
     merges, report = [], {}
     for mod in adapter.modalities():
         if kwargs.get(mod.pixel_key) is None:
@@ -260,7 +263,7 @@ def prepare_inputs(adapter: FamilyAdapter, kwargs: dict, expressions) -> tuple:
         flat = mask.flatten().nonzero().flatten()
         start, kept_counts = 0, []
         for n, f in zip(counts, feats):
-            keep.view(-1)[flat[start + f.shape[0]:start + n]] = False  # drop the tail of each item's run
+            dropped.view(-1)[flat[start + f.shape[0]:start + n]] = True  # the tail of each item's run
             start += n
             kept_counts.append(f.shape[0])
         merges.append((mod.token_id, torch.cat(feats, 0)))
@@ -273,8 +276,9 @@ def prepare_inputs(adapter: FamilyAdapter, kwargs: dict, expressions) -> tuple:
     pad_id = config_get(cfg, "pad_token_id", default=None)
     if pad_id is None:
         pad_id = config_get(getattr(cfg, "text_config", cfg), "pad_token_id", default=0)
-    new = shrink(keep, {"input_ids": ids, "attention_mask": mask, "position_ids": kwargs.get("position_ids"),
-                        "labels": kwargs.get("labels")},
+    tensors = {"input_ids": ids, "attention_mask": mask, "position_ids": kwargs.get("position_ids"),
+               "labels": kwargs.get("labels")}
+    new = shrink(dropped, mask.bool(), tensors,
                  {"input_ids": pad_id, "attention_mask": 0, "position_ids": 1, "labels": -100}, side)
     embeds = adapter.model.get_input_embeddings()(new["input_ids"])
     for token_id, feats in merges:

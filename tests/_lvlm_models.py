@@ -1,0 +1,84 @@
+"""Tiny LLaVA-family models for tests/test_llava*.py, built once per pytest process.
+
+The builders live in examples/tiny_lvlm.py (the examples use them too); this
+module caches them and adds the stock-side helpers the tests compare with.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import tiny_lvlm as tl  # noqa: E402
+
+from litelvlm_kernels import reference  # noqa: E402
+from litelvlm_kernels.integrations.hf import encode_text, vision_tower  # noqa: E402
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer():
+    return tl.clip_tokenizer()
+
+
+@functools.lru_cache(maxsize=None)
+def clip():
+    return tl.tiny_clip(tokenizer())
+
+
+@functools.lru_cache(maxsize=None)
+def lvlm(family: str, attn: str = "sdpa"):
+    return tl.tiny_lvlm(family, clip(), attn=attn)
+
+
+def pixels(*shape, seed=3):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def inner(model):
+    return model.model if hasattr(model, "model") and hasattr(model.model, "multi_modal_projector") else model
+
+
+def select_layer_states(model, px):
+    """hidden_states[-2] without [CLS], as the stock get_image_features reads them."""
+    out = inner(model).vision_tower(px, output_hidden_states=True)
+    return out.hidden_states[-2][:, 1:]
+
+
+def text_embeds(expressions):
+    """[n, P] CLIP text embeddings of a list of strings (n may be 0)."""
+    c = clip()
+    if not expressions:
+        return torch.zeros(0, c.config.projection_dim)
+    enc = tokenizer()(list(expressions), padding=True, return_tensors="pt")
+    return encode_text(c, enc.input_ids, enc.attention_mask)
+
+
+def scores(hidden_for_similarity, px, expressions):
+    """Reference s [V, T, M'] on ``hidden_for_similarity`` and c [V, M] from the tower's last layer."""
+    c = clip()
+    tower = vision_tower(c)
+    e = text_embeds(expressions)
+    s = reference.similarity_direct(hidden_for_similarity, e.unsqueeze(0), c.visual_projection.weight,
+                                    tower.post_layernorm.weight, tower.post_layernorm.bias,
+                                    tower.post_layernorm.eps)
+    last = tower.encoder.layers[-1]
+    h = select_layer_states_clip(px)
+    x = last.layer_norm1(h)
+    q, k, v = last.self_attn.q_proj(x), last.self_attn.k_proj(x), last.self_attn.v_proj(x)
+    return s, reference.contribution_direct(q[:, 0], k[:, 1:], v[:, 1:])
+
+
+def select_layer_states_clip(px):
+    """The CLIP tower's hidden_states[-2] with [CLS] (the input of its last layer)."""
+    return clip().vision_model(px, output_hidden_states=True).hidden_states[-2]
+
+
+def embed_merge(model, ids, token_id, feats):
+    """inputs_embeds with ``feats`` [n, H] written into the ``token_id`` rows, as LLaVA's forward merges them."""
+    emb = model.get_input_embeddings()(ids)
+    where = (ids == token_id).unsqueeze(-1).expand_as(emb)
+    return emb.masked_scatter(where, feats.to(emb.dtype))
