@@ -73,7 +73,7 @@ class LlavaNextAdapter(FamilyAdapter):
 
     def modalities(self) -> list:
         return [Modality("pixel_values", image_token_id(self.model.config), ("image_sizes",),
-                         lambda kw: [self.stock_count(self.geometry(sz)) for sz in kw["image_sizes"]],
+                         lambda kw: [self.stock_count(geo) for geo in self._check_sizes(kw)],
                          self.image_features)]
 
     def _check_sizes(self, kwargs) -> list:
