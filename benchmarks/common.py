@@ -185,16 +185,22 @@ def wall_per_call(fn: Callable[[], object], device, *, calls: int = 100, repeats
 class RowSink:
     """Rows written to ``<directory>/<name>-<device slug>.json`` as each one is added.
 
+    ``append=True`` keeps the rows already in the file (another step of the same run wrote them).
+
     The whole file is rewritten (a temporary file, then ``os.replace``) on every
     ``add``, so a run that is killed part-way leaves every row measured before the
     kill in a valid JSON file. Rows are small (~1 kB): rewriting 100 of them costs
     well under a millisecond.
     """
 
-    def __init__(self, name: str, device="cpu", directory: str = RESULTS_DIR):
+    def __init__(self, name: str, device="cpu", directory: str = RESULTS_DIR, append: bool = False):
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"{name}-{device_slug(device)}.json")
-        self.rows: List[dict] = []  # a fresh file: an older run's rows are replaced, as write_rows does
+        self.rows: List[dict] = []  # a fresh file by default: an older run's rows are replaced, as write_rows does
+        if append and os.path.exists(self.path):  # a later step of the same run adds to the file
+            with open(self.path) as f:
+                old = json.load(f)
+            self.rows = old if isinstance(old, list) else []
 
     def add(self, row: dict) -> dict:
         self.rows.append(row)

@@ -1,22 +1,23 @@
 """The GPU benchmarks of ``scripts/gpu_check.sh`` (issue 10, item 4), one part per process.
 
-``python -m benchmarks.gpu_bench {select,gather,prefill} --out DIR [--device cuda]``
+``python -m benchmarks.gpu_bench {select,select-compile,gather,prefill} --out DIR [--device cuda]``
 
 Each part reuses the provider functions of ``bench_select`` / ``bench_gather`` /
 ``bench_prefill`` and writes long-format rows (``common.make_row``) to
-``DIR/<part>-<card>.json`` through ``common.RowSink``, one row at a time, so a part
+``DIR/<part>-<card>.json`` (``select-compile`` adds to ``select-<card>.json``) through ``common.RowSink``, one row at a time, so a part
 killed by its time box keeps every row measured before. Times are
 ``triton.testing.do_bench`` medians after its warm-up (CUDA events), except the
 ``*.wall`` providers: host wall-clock time per eagerly called op (``common.wall_per_call``).
 
 - ``select``: select + gather (fused_select + gather_tokens) at the CLIP ViT-L/14-336
   shapes of docs/design.md section 6 (M = 576, Dv = D = 1024, P = 768, T = 2, R = 192,
-  fp16). B = 1: ``ops`` (do_bench), ``ops.cudagraph`` (graph replay), ``ops.wall``,
-  ``api`` / ``api.wall`` (``litelvlm_kernels.prune``), the eager ``reference`` and, last
-  because it compiles for tens of seconds, ``reference.compile``. B = 64 (frames):
-  ``ops``, ``ops.cudagraph``, ``api`` with GB/s on the bytes that must be read (hidden +
+  fp16). B = 1: the eager ``reference``, ``ops`` (do_bench), ``ops.cudagraph`` (graph
+  replay), ``ops.wall``, ``api`` / ``api.wall`` (``litelvlm_kernels.prune``). B = 64
+  (frames): ``ops``, ``ops.cudagraph``, ``ops.wall``, ``api``, ``api.wall`` with GB/s on the bytes that must be read (hidden +
   keys + values once) and % of a device-to-device copy timed in the same process
   (op ``d2d_copy``; docs/design.md section 7's 100% mark counts bytes read + written).
+- ``select-compile``: ``reference.compile`` (``torch.compile`` of the reference) at B = 1,
+  a part of its own because compiling takes tens of seconds.
 - ``gather``: ``bench_gather.run`` at (B, C, R) = (64, 4096, 192), (1, 4096, 192) and
   (1, 1024, 192), fp16: % of the same copy, ratios to torch.gather and index_select.
 - ``prefill``: ``bench_prefill.run`` with the LLaMA-7B / Vicuna-7B decoder (hidden 4096,
@@ -50,7 +51,7 @@ def _log(msg: str) -> None:
 
 def _timed(fn, device, kind: str, rep_ms: float, tiny: bool = False):
     if kind == "wall":  # 7 x 100 calls on the GPU (~20 us each); a handful for the CPU tests
-        return wall_per_call(fn, device, **(dict(calls=3, repeats=3, warmup=1) if tiny else {}))
+        return wall_per_call(fn, device, **({"calls": 3, "repeats": 3, "warmup": 1} if tiny else {}))
     return measure(fn, device, cuda_graph=(kind == "graph"), rep_ms=rep_ms)
 
 
@@ -69,16 +70,19 @@ def _check_select(x, folded, R):
     return same
 
 
-def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100.0, batches=(1, 64),
-               compile_reference: bool = True):
-    """Select + gather rows (see the module docstring); returns the rows."""
+def _select_shape(sh: dict, B: int) -> dict:
+    return {"B": B, **{k: sh[k] for k in ("T", "M", "Dv", "D", "P", "R")}}
+
+
+def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100.0, batches=(1, 64)):
+    """Select + gather rows (see the module docstring) but ``reference.compile``; returns the rows."""
     import litelvlm_kernels as lk
     from litelvlm_kernels.synthetic import clip_inputs
 
     device = torch.device(device)
     cuda = device.type == "cuda"
     dtype = torch.float16 if cuda else torch.float32
-    sh = dict(TINY_SELECT if tiny else SELECT_SHAPE)
+    sh = TINY_SELECT if tiny else SELECT_SHAPE
     copy = None
     if cuda:
         copy = measure_copy(device)
@@ -93,7 +97,6 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
         R = sh["R"]
         agree = _check_select(x, folded, R)
         nbytes = B * sh["M"] * (sh["Dv"] + 2 * sh["D"]) * x.hidden.element_size()  # hidden + keys + values
-        shape = dict(B=B, **{k: sh[k] for k in ("T", "M", "Dv", "D", "P", "R")})
         ops, api = bench_select._ops_fn(x, folded, R), bench_select._api_fn(x, folded, R)
         plan = [("ops", ops, "bench"), ("ops.cudagraph", ops, "graph"), ("ops.wall", ops, "wall"),
                 ("api", api, "bench"), ("api.wall", api, "wall")]
@@ -109,27 +112,41 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
                 continue
             if name == "reference":
                 t_ref[B] = t["p50_ms"]
-            _add_select_row(sink, name, shape, dtype, t, nbytes, t_ref.get(B), copy, device, agree)
+            _add_select_row(sink, name, _select_shape(sh, B), dtype, t, nbytes, t_ref.get(B), copy, device, agree)
         del x, folded, ops, api
         if cuda:
             torch.cuda.empty_cache()
-    if compile_reference and 1 in batches:
-        # Last: torch.compile of the reference takes tens of seconds (graph breaks on its per-row loop).
-        x = clip_inputs(1, sh["T"], sh["M"], sh["Dv"], sh["D"], sh["P"], text_batch=1, dtype=dtype,
-                        device=device, seed=1)
-        nbytes = sh["M"] * (sh["Dv"] + 2 * sh["D"]) * x.hidden.element_size()
-        try:
-            fn = bench_select._compiled_reference_fn(x, sh["R"])
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            compile_s = time.perf_counter() - t0
-            t = _timed(fn, device, "bench", rep_ms, tiny)
-            _add_select_row(sink, "reference.compile", dict(B=1, **{k: sh[k] for k in ("T", "M", "Dv", "D", "P", "R")}),
-                            dtype, t, nbytes, t_ref.get(1), copy, device, None, compile_s=compile_s)
-        except Exception as e:  # noqa: BLE001  (a compile failure is reported, the rows so far are kept)
-            _log(f"reference.compile: FAILED {type(e).__name__}: {e}")
+    return sink.rows
+
+
+def run_select_compile(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100.0):
+    """``reference.compile`` at B = 1, added to the rows ``run_select`` wrote (``sink`` opened with append).
+
+    A step of its own, the last of the run: torch.compile of the reference takes tens of
+    seconds (graph breaks at its per-row loop), and a time box hit here costs no other figure.
+    The eager reference's time and the copy bandwidth come from the rows already in ``sink``.
+    """
+    from litelvlm_kernels.synthetic import clip_inputs
+
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    sh = TINY_SELECT if tiny else SELECT_SHAPE
+    shape = _select_shape(sh, 1)
+    ref = next((r for r in sink.rows if r.get("provider") == "reference" and r.get("shape") == shape), None)
+    copy = next((r for r in sink.rows if r.get("op") == "d2d_copy"), None)
+    x = clip_inputs(1, sh["T"], sh["M"], sh["Dv"], sh["D"], sh["P"], text_batch=1, dtype=dtype, device=device,
+                    seed=1)
+    nbytes = sh["M"] * (sh["Dv"] + 2 * sh["D"]) * x.hidden.element_size()
+    fn = bench_select._compiled_reference_fn(x, sh["R"])
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    compile_s = time.perf_counter() - t0
+    _log(f"torch.compile(reference): first call {compile_s:.1f} s")
+    t = _timed(fn, device, "bench", rep_ms, tiny)
+    _add_select_row(sink, "reference.compile", shape, dtype, t, nbytes, ref and ref["p50_ms"], copy, device, None,
+                    compile_s=compile_s)
     return sink.rows
 
 
@@ -177,22 +194,24 @@ def run_prefill(device, sink: RowSink, *, tiny: bool = False, layers=None, rep_m
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=["select", "gather", "prefill"])
+    p.add_argument("part", choices=["select", "select-compile", "gather", "prefill"])
     p.add_argument("--out", required=True, help="directory of the JSON rows")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU tests of this code)")
     p.add_argument("--layers", type=int, default=None, help="prefill: decoder layers built (times scaled per layer)")
     p.add_argument("--rep-ms", type=float, default=None, help="do_bench time per measurement")
-    p.add_argument("--no-compile", action="store_true", help="select: skip torch.compile(reference)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_bench: no CUDA device", file=sys.stderr)
         return 2
-    sink = RowSink(a.part, device=device, directory=a.out)
+    # select-compile adds its row to select-<card>.json (8 files at most come back from the device)
+    sink = RowSink(a.part.split("-")[0], device=device, directory=a.out, append=a.part == "select-compile")
     _log(f"{a.part} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} -> {sink.path}")
     if a.part == "select":
-        run_select(device, sink, tiny=a.tiny, rep_ms=a.rep_ms or 100.0, compile_reference=not a.no_compile)
+        run_select(device, sink, tiny=a.tiny, rep_ms=a.rep_ms or 100.0)
+    elif a.part == "select-compile":
+        run_select_compile(device, sink, tiny=a.tiny, rep_ms=a.rep_ms or 100.0)
     elif a.part == "gather":
         run_gather(device, sink, tiny=a.tiny)
     else:

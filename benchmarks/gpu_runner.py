@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -92,6 +93,15 @@ def pytest_note(text: str) -> str:
     return ""
 
 
+def gpu_skips(text: str) -> int:
+    """How many tests pytest's ``-rs`` summary says were skipped for a CUDA / GPU / Triton reason."""
+    n = 0
+    for count, reason in re.findall(r"^SKIPPED \[(\d+)\] \S+?:\d+: (.*)$", text, re.MULTILINE):
+        if re.search(r"cuda|gpu|triton|interpret|nvcc", reason, re.IGNORECASE):
+            n += int(count)
+    return n
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:160] if lines else ""
@@ -168,7 +178,7 @@ class Runner:
         procs = []
         for s in batch:
             budget = int(min(s.budget_s, left))
-            res = {"name": s.name, "budget_s": budget, "what": s.what, "cmd": " ".join(s.cmd)}
+            res = {"name": s.name, "budget_s": budget, "what": s.what, "cmd": shlex.join(s.cmd), "env": s.env}
             if budget < MIN_STEP_S:
                 res.update(status="skipped", seconds=0.0, note=f"{left:.0f} s left before the deadline")
             elif s.kind == "sanitizer" and not self.sanitizer_found:
@@ -193,7 +203,7 @@ class Runner:
         env.pop("TRITON_INTERPRET", None)  # real kernels: the interpreter is for machines without a GPU
         log = os.path.join(self.logdir, f"{s.name}.log")
         fh = open(log, "w")  # noqa: SIM115  (the child writes to it; closed in _run_batch)
-        fh.write(f"$ {' '.join(f'{k}={v}' for k, v in s.env.items())} {' '.join(s.cmd)}\n")
+        fh.write("$ " + " ".join([f"{k}={v}" for k, v in s.env.items()] + [shlex.join(s.cmd)]) + "\n")
         fh.flush()
         cmd = (["timeout", "--kill-after=5", str(budget)] if shutil.which("timeout") else []) + s.cmd
         p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -223,6 +233,9 @@ class Runner:
             status, note = "ok", pytest_note(text) or _last_line(text)
         else:
             status, note = "FAIL", pytest_note(text) or f"exit {rc}: {_last_line(text)}"
+        n_gpu_skips = gpu_skips(text)
+        if n_gpu_skips:  # on the GPU machine a test skipped "for want of CUDA" is a finding
+            note += f"; {n_gpu_skips} skipped for a CUDA/GPU/Triton reason (see the log)"
         if s.kind == "build-check" and status != "ok":
             note = "litelvlm::gather_tokens / fused_select has NO CUDA kernel after the build. " + note
         res.update(status=status, rc=rc, seconds=round(seconds, 1), note=note.replace("|", "/"))
