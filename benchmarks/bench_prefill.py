@@ -30,7 +30,8 @@ Rows (one per measurement, long format, benchmarks/common.py):
   ``achieved_tflops``, ``kv_cache_bytes`` (K and V of every layer, from the shapes),
   ``kv_cache_bytes_measured`` (what the returned cache holds), ``weights_bytes``,
   on CUDA ``peak_mem_bytes`` (``torch.cuda.max_memory_allocated`` over one forward,
-  weights included) and ``peak_over_weights_bytes``; ``layers_built`` and
+  weights included) and ``peak_over_start_bytes`` (minus what was allocated before it:
+  weights and inputs); ``layers_built`` and
   ``layer_scale`` (``--layers``: fewer layers built, times scaled per layer).
 * op ``prune``, provider ``litelvlm`` (the ops) or ``reference`` (eager oracle):
   shape {B, M, Dv, D, T, R} per CLIP image/tile of M = 576 patches (``--visual 2880``:
@@ -199,7 +200,7 @@ def memory_of(fwd, device: torch.device) -> dict:
     stats = {"kv_cache_bytes_measured": cache_nbytes(cache)}
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
-        stats.update(peak_mem_bytes=peak, peak_over_weights_bytes=peak - start)
+        stats.update(peak_mem_bytes=peak, peak_over_start_bytes=peak - start)
     del out
     return stats
 
