@@ -44,11 +44,8 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import operator
-import sys
 from typing import Any, Mapping, Sequence
 
 __all__ = [
@@ -318,91 +315,14 @@ def prefill_flops(
 # --------------------------------------------------------------------------- CLI
 
 
-def _rows(cfg: DecoderConfig, visual: int, text: int, keeps: Sequence[int | None],
-          prune_layer: int, lm_head: str) -> list[dict[str, Any]]:
-    base = prefill_macs(cfg, visual, text, include_lm_head=lm_head)
-    rows = []
-    for keep in keeps:
-        br = prefill_breakdown(cfg, visual, text, keep=keep,
-                               prune_layer=prune_layer if keep is not None else 0,
-                               include_lm_head=lm_head)
-        rows.append({
-            "keep": keep,
-            "visual_tokens": visual if keep is None else min(keep, visual),
-            "text_tokens": text,
-            "tokens": br["tokens_kept"],
-            "prune_layer": None if keep is None else prune_layer,
-            "macs": br["total"],
-            "flops": 2 * br["total"],
-            "tflops": 2 * br["total"] / 1e12,
-            "percent_of_unpruned": 100.0 * br["total"] / base if base else 100.0,
-            "attention_share": br["attention"] / br["total"] if br["total"] else 0.0,
-        })
-    return rows
-
-
-def _table(rows: list[dict[str, Any]], title: str) -> str:
-    head = ["keep", "visual", "text", "LLM tokens", "MACs", "FLOPs (T)", "% of unpruned"]
-    body = [[
-        "none" if r["keep"] is None else str(r["keep"]),
-        str(r["visual_tokens"]),
-        str(r["text_tokens"]),
-        str(r["tokens"]) if r["prune_layer"] in (None, 0)
-        else f"{r['tokens']} after layer {r['prune_layer']}",
-        f"{r['macs']:,}",
-        f"{r['tflops']:.3f}",
-        f"{r['percent_of_unpruned']:.1f}",
-    ] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([title, line(head), line(["-" * w for w in widths]), *map(line, body)])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m litelvlm_kernels.flops",
-        description="Prefill MACs/FLOPs of a LLaMA-style decoder with and without visual-token pruning.",
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default="vicuna-7b",
-                     help=f"preset: {', '.join(sorted(PRESETS))} (default vicuna-7b)")
-    src.add_argument("--hf-config", metavar="CONFIG_JSON",
-                     help="a Hugging Face config.json (LLaVA configs are read through text_config)")
-    p.add_argument("--visual", type=int, default=576, help="visual tokens before pruning (576)")
-    p.add_argument("--text", type=int, default=64, help="text/system tokens (64)")
-    p.add_argument("--keep", type=int, nargs="*", default=[192, 128, 64],
-                   help="visual tokens kept (several allowed; default 192 128 64)")
-    p.add_argument("--prune-layer", type=int, default=0,
-                   help="prune after this many LLM layers (0: before the LLM; FastV uses 2)")
-    p.add_argument("--lm-head", choices=["none", "all", "last"], default="none",
-                   help="count the LM head: for every position (plain forward) or the last (generate)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
+    """``python -m litelvlm_kernels.flops``: a table (or ``--json``) of MACs, FLOPs, KV cache and activations.
 
-    try:
-        if args.hf_config:
-            with open(args.hf_config) as f:
-                cfg = DecoderConfig.from_hf(json.load(f))
-            name = args.hf_config
-        else:
-            cfg = DecoderConfig.preset(args.model)
-            name = args.model.lower()
-        rows = _rows(cfg, args.visual, args.text, [None, *args.keep], args.prune_layer, args.lm_head)
-    except (ValueError, TypeError, OSError) as e:
-        p.error(str(e))  # exits with status 2
+    The CLI lives in ``litelvlm_kernels._flops_cli`` (with ``litelvlm_kernels.memory``'s columns).
+    """
+    from ._flops_cli import main as cli_main
 
-    if args.json:
-        json.dump({"model": name, "config": dataclasses.asdict(cfg), "visual": args.visual,
-                   "text": args.text, "prune_layer": args.prune_layer, "lm_head": args.lm_head,
-                   "rows": rows}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        where = "before the LLM" if args.prune_layer == 0 else f"after LLM layer {args.prune_layer}"
-        title = (f"{name}: h={cfg.hidden} h_ff={cfg.intermediate} L={cfg.layers} heads={cfg.heads} "
-                 f"kv_heads={cfg.kv_heads}; {args.visual} visual + {args.text} text tokens; "
-                 f"pruning {where}; lm_head={args.lm_head}")
-        print(_table(rows, title))
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -310,3 +310,61 @@ def test_cli_module_entry_point():
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rows"][0]["macs"] == 4_252_017_623_040
+
+
+# -------------------------------------------------------------------- memory (litelvlm_kernels.memory)
+
+
+def test_kv_cache_and_activation_hand_count():
+    from litelvlm_kernels.memory import activation_bytes, kv_cache_bytes
+
+    # TINY: h_kv = 1 * 4 = 4; 2 (K, V) * 4 * 2 bytes = 16 bytes per token per layer
+    assert kv_cache_bytes(TINY, 3, 2) == 16 * 2 * 5 == 160
+    assert kv_cache_bytes(TINY, 3, 2, keep=1) == 16 * 2 * 3
+    assert kv_cache_bytes(TINY, 3, 2, keep=1, prune_layer=1) == 16 * (5 + 3)
+    assert kv_cache_bytes(TINY, 3, 2, dtype_bytes=4) == 320
+    # n = 5: attention block 5 * (2*8 + 2*8) = 160 (+ eager 2 heads * 25 = 50); MLP 5 * (3*8 + 3*12) = 300
+    assert activation_bytes(TINY, 3, 2) == 2 * 300
+    assert activation_bytes(TINY, 3, 2, attention="eager") == 2 * 300
+    # n = 3 after pruning; FastV-style pruning after layer 1 keeps the widest layer at n = 5
+    assert activation_bytes(TINY, 3, 2, keep=1) == 2 * 180
+    assert activation_bytes(TINY, 3, 2, keep=1, prune_layer=1) == 2 * 300
+    wide = DecoderConfig(hidden=8, intermediate=2, layers=1, heads=2, kv_heads=2, vocab=10)
+    # attention dominates: 50 * (16 + 16) = 1600, eager + 2 * 2500 = 6600; MLP 50 * (24 + 6) = 1500
+    assert activation_bytes(wide, 50, 0, dtype_bytes=1) == 1600
+    assert activation_bytes(wide, 50, 0, dtype_bytes=1, attention="eager") == 6600
+    with pytest.raises(ValueError, match="attention"):
+        activation_bytes(TINY, 3, 2, attention="flash")
+    with pytest.raises(ValueError, match="dtype_bytes"):
+        kv_cache_bytes(TINY, 3, 2, dtype_bytes=0)
+    with pytest.raises(ValueError, match="keep"):
+        kv_cache_bytes(TINY, 3, 2, keep=-1)
+
+
+def test_kv_cache_bytes_equal_a_real_cache():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from litelvlm_kernels.memory import kv_cache_bytes
+
+    cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaModel(cfg).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.randint(0, 32, (1, 11)), use_cache=True)
+    cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    layers = getattr(cache, "layers", None)
+    if layers is not None:  # transformers >= 4.56: one object per layer
+        got = sum(t.numel() * t.element_size() for lyr in layers for t in (lyr.keys, lyr.values))
+    else:
+        got = sum(t.numel() * t.element_size() for kv in cache.to_legacy_cache() for t in kv)
+    assert got == kv_cache_bytes(DecoderConfig.from_hf(cfg), 7, 4, dtype_bytes=4)
+
+
+def test_cli_memory_columns(capsys):
+    assert main(CLI + ["--json", "--dtype-bytes", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["kv_cache_bytes"] == 2 * 32 * 4096 * 2 * 640  # 0.5 MiB per token
+    assert rows[1]["kv_cache_bytes"] == 2 * 32 * 4096 * 2 * 256
+    assert main(CLI) == 0
+    assert "KV cache (MB)" in capsys.readouterr().out

@@ -89,7 +89,7 @@ def test_pruned_equals_hand_built_pipeline(model, batch, multi_text, min_votes, 
                                   do_sample=False)
         with enable(model, num_retain=R, multi_text=multi_text, order=order) as patch:
             got = model(**batch, referring_expressions=EXPRS).logits
-            got_ids = greedy(model, batch, referring_expressions=EXPRS)
+            got_ids = greedy(model, batch, referring_expressions=EXPRS)  # left padding, mixed expressions
     assert patch.last_report["image"]["kept"] == [R] * 3
     assert got.shape == want.shape == (2, ids.shape[1], tl.VOCAB)
     # only the projector's batch shape differs (R' rows here, M rows in the hand pipeline)

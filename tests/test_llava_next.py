@@ -73,7 +73,8 @@ def test_next_keep_all_equals_stock(next_model, next_batch):
         for budget, R in (("per_tile", M), ("global", 10_000)):
             with enable(next_model, num_retain=R, budget=budget, order="spatial") as patch:
                 assert torch.equal(next_model(**batch, referring_expressions=EXPRS).logits, logits), budget
-                assert torch.equal(greedy(next_model, batch, referring_expressions=EXPRS), ids), budget
+                if budget == "per_tile":  # one generate() suffices: the prefill logits are the same
+                    assert torch.equal(greedy(next_model, batch, referring_expressions=EXPRS), ids)
             assert patch.last_report["image"]["stock"] == [len(t) for t in tags]  # exact placeholder counts
 
 
@@ -137,11 +138,9 @@ def test_next_pruned_equals_hand_built(next_model, next_batch, budget, newline):
         want = next_model(inputs_embeds=embeds, attention_mask=mask).logits
         with enable(next_model, num_retain=R, budget=budget, image_newline=newline) as patch:
             got = next_model(**batch, referring_expressions=EXPRS).logits
-            out = greedy(next_model, batch, referring_expressions=EXPRS)
     assert patch.last_report["image"]["kept"] == counts
     assert got.shape == want.shape
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)
-    assert torch.equal(out[:, :batch["input_ids"].shape[1]], batch["input_ids"]) and out.shape[1] > ids.shape[1] - 1
 
 
 def test_next_needs_image_sizes(next_model, next_batch):
@@ -177,7 +176,8 @@ def test_video_keep_all_equals_stock(video_model, video_batch):
         for vb, R in (("per_frame", P), ("per_clip", FRAMES * P)):
             with enable(video_model, num_retain=R, video_budget=vb, order="spatial") as patch:
                 assert torch.equal(video_model(**batch, referring_expressions=VIDEO_EXPRS).logits, logits), vb
-                assert torch.equal(greedy(video_model, batch, referring_expressions=VIDEO_EXPRS), ids), vb
+                if vb == "per_frame":
+                    assert torch.equal(greedy(video_model, batch, referring_expressions=VIDEO_EXPRS), ids)
             assert patch.last_report["video"] == {"stock": [FRAMES * P] * 2, "kept": [FRAMES * P] * 2}
 
 
