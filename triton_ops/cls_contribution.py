@@ -1,19 +1,20 @@
 """cls_contribution: c_j = || a_j v_j || with a = softmax_j(scale * q_hat . k_hat_j) over the
-M patch keys (DESIGN.md section 1), computed as a_j * ||v_j|| (section 3)."""
+M patch keys (docs/design.md section 1), computed as a_j * ||v_j|| (section 3)."""
 
 from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, V, check_device, default_scale, interpret_mode, next_pow2, device_guard, num_warps
+from . import _common as C
+from ._workspace import row_counters, scratch
 
-if _HAS_TRITON:
+if C.has_triton():
     import triton
     import triton.language as tl
 
-    from ._common import _cls_partials, _row_softmax_stats
+    from ._tiles import _cls_partials, _row_softmax_stats
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M", "NSPLIT"])
     def _cls_contribution_kernel(
         # pointers
         q_ptr, k_ptr, v_ptr, out_ptr, l_ws, vn_ws, cnt_ptr,
@@ -30,8 +31,6 @@ if _HAS_TRITON:
         One program: logits and ||v|| of BLOCK_M tokens to scratch, then an acq_rel atomic on
         the row counter; the row's last program computes the softmax max / sum over the
         row in a fixed chunk order (deterministic, no float atomics) and writes c.
-        BLOCK_M = 16 / 32 tokens x BLOCK_D = 128 as in fused_select; BLOCK_F = 1024-token
-        chunks for the row pass (4 warps, 8 values per thread).
         """
         pid = tl.program_id(0)
         row = pid // NSPLIT
@@ -53,40 +52,53 @@ if _HAS_TRITON:
                 lg = tl.load(l_ws + r64 * M + offs, mask=valid, other=0.0, cache_modifier=".cg")
                 vn = tl.load(vn_ws + r64 * M + offs, mask=valid, other=0.0, cache_modifier=".cg")
                 tl.store(out_ptr + r64 * M + offs, tl.exp(lg - mx) / se * vn, mask=valid)
-            tl.atomic_xchg(cnt_ptr + row, 0)
+            tl.atomic_xchg(cnt_ptr + row, 0)  # zero again for the next launch (cached counters)
 
 
-# Test / tuning hook: override block choices, e.g. {"BLOCK_M": 16, "BLOCK_F": 32}.
-_FORCE_BLOCKS: dict = {}
+def pick_blocks(B: int, M: int, D: int, force=None) -> dict:
+    """Meta-parameters of _cls_contribution_kernel; BLOCK_F = 1024-token chunks for the
+    row pass (4 values per thread at 8 warps)."""
+    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(D), BLOCK_F=min(1024, C.finaliser_block(M)))
+    blocks.update(force or {})
+    return blocks
 
 
-def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale=None) -> torch.Tensor:
-    """c [B, M] fp32 from q_cls [B, D], keys / values [B, M, D]; scale defaults to 1/sqrt(D)."""
-    V.check_contribution_inputs(q_cls, keys, values, scale)
+def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale=None, *,
+                     _blocks=None) -> torch.Tensor:
+    """c [B, M] fp32 (arguments assumed valid: the op layer checks them).
+
+    Parameters
+    ----------
+    q_cls : torch.Tensor
+        [B, D] [CLS] query.
+    keys, values : torch.Tensor
+        [B, M, D] patch keys and values.
+    scale : float, optional
+        Logit scale; None means 1/sqrt(D).
+
+    Returns
+    -------
+    torch.Tensor
+        c [B, M] fp32.
+
+    Examples
+    --------
+    >>> c = cls_contribution(q, k, v)  # doctest: +SKIP
+    """
     B, M, D = keys.shape
     out = torch.empty((B, M), dtype=torch.float32, device=keys.device)
     if out.numel() == 0:
         return out
-    check_device(q_cls, keys, values)
-    if scale is None:
-        scale = default_scale(D)
-    if interpret_mode():  # ~0.1-0.3 ms per interpreted op whatever its size: few, large tiles
-        blk = dict(BLOCK_M=64, BLOCK_D=min(1024, max(16, next_pow2(D))))
-    else:
-        blk = dict(BLOCK_M=16 if B * triton.cdiv(M, 32) < 264 else 32, BLOCK_D=min(128, max(16, next_pow2(D))))
-    blk["BLOCK_F"] = min(1024, max(16, next_pow2(M)))
-    blk.update(_FORCE_BLOCKS)
-    nsplit = triton.cdiv(M, blk["BLOCK_M"])
-    l_ws = torch.empty((B, M), dtype=torch.float32, device=keys.device)
-    vn_ws = torch.empty((B, M), dtype=torch.float32, device=keys.device)
-    counters = torch.zeros((B,), dtype=torch.int32, device=keys.device)
-    with device_guard(keys.device):
+    blk = pick_blocks(B, M, D, _blocks)
+    nsplit = C.cdiv(M, blk["BLOCK_M"])
+    l_ws, vn_ws = scratch(keys.device, [((B, M), torch.float32), ((B, M), torch.float32)])
+    counters = row_counters(keys.device, B)
+    with C.device_guard(keys.device):
         _cls_contribution_kernel[(B * nsplit,)](
             q_cls, keys, values, out, l_ws, vn_ws, counters,
-            M, D, float(scale), nsplit,
+            M, D, float(C.default_scale(D) if scale is None else scale), nsplit,
             q_cls.stride(0), q_cls.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             values.stride(0), values.stride(1), values.stride(2),
-            num_warps=num_warps(blk), **blk,
+            num_warps=C.num_warps(blk["BLOCK_M"]), **blk,
         )
     return out
-

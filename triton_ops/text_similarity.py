@@ -1,22 +1,23 @@
 """text_similarity: folded [EOS] similarity s [B, T, M] of every visual token to every text.
 
-s_tj = ((x_j - mu_j) . w_t) / sigma_j + b_t with (w, b) = fold_text(...) (DESIGN.md section 3):
-one pass over each token's Dv values per group of texts instead of projecting every token.
+s_tj = ((x_j - mu_j) . w_t) / sigma_j + b_t with (w, b) = fold_text(...) (docs/design.md
+section 3): one pass over each token's Dv values per group of texts instead of projecting
+every token.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import _HAS_TRITON, V, check_device, interpret_mode, next_pow2, text_strides, device_guard, num_warps
+from . import _common as C
 
-if _HAS_TRITON:
+if C.has_triton():
     import triton
     import triton.language as tl
 
-    from ._common import _sim_tile
+    from ._tiles import _sim_tile
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M", "T", "NSPLIT", "NTG", "s_bb"])
     def _text_similarity_kernel(
         # pointers
         h_ptr, w_ptr, b_ptr, out_ptr,
@@ -32,8 +33,7 @@ if _HAS_TRITON:
         (Bt = 1 broadcast through stride 0), out [B, T, M] fp32 contiguous.
         One program: BLOCK_M tokens x TB texts; it reads its tokens twice over Dv (mean,
         then centred dot + variance; the second read mostly hits L1/L2) and writes a
-        [TB, BLOCK_M] tile. BLOCK_M = 32, BLOCK_D = 128 (4 warps): 8 KB fp16 per load;
-        TB = next_pow2(T) <= 16 texts per program so x is streamed once for T <= 16.
+        [TB, BLOCK_M] tile.
         """
         pid = tl.program_id(0)
         tg = pid % NTG
@@ -51,34 +51,49 @@ if _HAS_TRITON:
         tl.store(dst, s, mask=mask_m[:, None] & (tcol < T)[None, :])
 
 
-# Test / tuning hook: override block choices, e.g. {"BLOCK_M": 16, "TB": 2}.
-_FORCE_BLOCKS: dict = {}
+def pick_blocks(B: int, M: int, T: int, Dv: int, force=None) -> dict:
+    """Meta-parameters of _text_similarity_kernel (rules in _common.py)."""
+    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(Dv), TB=C.text_tile(T))
+    blocks.update(force or {})
+    return blocks
 
 
-def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_eps: float) -> torch.Tensor:
-    """s [B, T, M] fp32 from hidden [B, M, Dv] and folded text w [Bt, T, Dv], b [Bt, T]."""
-    V.check_similarity_inputs(hidden, w, b, ln_eps)
+def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_eps: float, *,
+                    _blocks=None) -> torch.Tensor:
+    """s [B, T, M] fp32 (arguments assumed valid: the op layer checks them).
+
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        [B, M, Dv] visual tokens (fp32 / fp16 / bf16, any strides).
+    w, b : torch.Tensor
+        Folded text [Bt, T, Dv] and [Bt, T], Bt in {1, B}.
+    ln_eps : float
+        LayerNorm epsilon.
+
+    Returns
+    -------
+    torch.Tensor
+        s [B, T, M] fp32.
+
+    Examples
+    --------
+    >>> s = text_similarity(h, w, b, 1e-5)  # doctest: +SKIP
+    """
     B, M, Dv = hidden.shape
     T = w.shape[1]
     out = torch.empty((B, T, M), dtype=torch.float32, device=hidden.device)
     if out.numel() == 0:
         return out
-    check_device(hidden, w, b)
-    swb, swt, swd, sbb, sbt = text_strides(w, b, B)
-    if interpret_mode():  # ~0.1-0.3 ms per interpreted op whatever its size: few, large tiles
-        blk = dict(BLOCK_M=64, BLOCK_D=min(1024, max(16, next_pow2(Dv))))
-    else:
-        blk = dict(BLOCK_M=32, BLOCK_D=min(128, max(16, next_pow2(Dv))))
-    blk["TB"] = min(16, next_pow2(T))
-    blk.update(_FORCE_BLOCKS)
-    nsplit = triton.cdiv(M, blk["BLOCK_M"])
-    ntg = triton.cdiv(T, blk["TB"])
-    with device_guard(hidden.device):
+    swb, swt, swd, sbb, sbt = C.text_strides(w, b, B)
+    blk = pick_blocks(B, M, T, Dv, _blocks)
+    nsplit = C.cdiv(M, blk["BLOCK_M"])
+    ntg = C.cdiv(T, blk["TB"])
+    with C.device_guard(hidden.device):
         _text_similarity_kernel[(B * nsplit * ntg,)](
             hidden, w, b, out,
             M, Dv, T, float(ln_eps), nsplit, ntg,
             hidden.stride(0), hidden.stride(1), hidden.stride(2), swb, swt, swd, sbb, sbt,
-            num_warps=num_warps(blk), **blk,
+            num_warps=C.num_warps(blk["BLOCK_M"]), **blk,
         )
     return out
-

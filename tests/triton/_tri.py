@@ -4,17 +4,47 @@ import importlib
 
 import torch
 
+import litelvlm_kernels.triton_ops as _tops  # noqa: E402
 from litelvlm_kernels import reference as ref
 from litelvlm_kernels.synthetic import clip_inputs
 from litelvlm_kernels.testing import assert_selection_close
-
-import litelvlm_kernels.triton_ops as tops  # noqa: E402
 
 # The submodules (the package namespace holds the launchers of the same names).
 FS = importlib.import_module("litelvlm_kernels.triton_ops.fused_select")
 TS = importlib.import_module("litelvlm_kernels.triton_ops.text_similarity")
 CC = importlib.import_module("litelvlm_kernels.triton_ops.cls_contribution")
 ST = importlib.import_module("litelvlm_kernels.triton_ops.select_tokens")
+
+# Block sizes forced by the current test (force_blocks), handed to every launcher through
+# its `_blocks` argument; conftest.py clears them after each test.
+_FORCED: dict = {}
+_KEYS = {"fused_select": None, "text_similarity": ("BLOCK_M", "BLOCK_D", "TB"),
+         "cls_contribution": ("BLOCK_M", "BLOCK_D", "BLOCK_F"), "select_tokens": ("BLOCK_F", "RB", "G")}
+
+
+def _with_blocks(name):
+    fn = getattr(_tops, name)
+
+    def launch(*args, **kwargs):
+        keys = _KEYS[name]
+        blocks = {k: v for k, v in _FORCED.items() if keys is None or k in keys}
+        return fn(*args, _blocks=blocks or None, **kwargs)
+
+    launch.__name__ = name
+    return launch
+
+
+class _Launchers:
+    """The launchers, with the forced block sizes applied (tests call `tops.<launcher>`)."""
+
+    has_triton = staticmethod(_tops.has_triton)
+    interpret_mode = staticmethod(_tops.interpret_mode)
+
+
+tops = _Launchers()
+for _name in _KEYS:
+    setattr(tops, _name, _with_blocks(_name))
+
 
 # Near-tie tolerances, stated once. Both sides compute in fp32 from the same input values
 # (low-precision inputs are upcast before any arithmetic, so fp16 / bf16 need no looser
@@ -31,14 +61,8 @@ def force_blocks(blocks):
 
     Giving all kernels the same BLOCK_M / BLOCK_D / BLOCK_F makes their per-token scores
     bitwise identical to fused_select's, so selections can be compared exactly."""
-    for mod in (FS, TS, CC, ST):
-        mod._FORCE_BLOCKS.clear()
-    if not blocks:
-        return
-    FS._FORCE_BLOCKS.update(blocks)
-    TS._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_M", "BLOCK_D", "TB")})
-    CC._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_M", "BLOCK_D", "BLOCK_F")})
-    ST._FORCE_BLOCKS.update({k: v for k, v in blocks.items() if k in ("BLOCK_F", "RB", "BITS")})
+    _FORCED.clear()
+    _FORCED.update(blocks or {})
 
 
 def inputs(B, T, M, Dv, D, P=32, *, dtype=torch.float32, device="cpu", seed=0, text_batch=None, **kw):
@@ -81,7 +105,8 @@ def assert_same(out, expected, what=""):
     names = ("indices", "num_similarity", "from_similarity")
     for name, a, e in zip(names, out, expected):
         a, e = a.cpu(), e.cpu()
-        assert a.dtype == e.dtype and a.shape == e.shape, f"{what} {name}: {a.dtype}{tuple(a.shape)} vs {e.dtype}{tuple(e.shape)}"
+        assert a.dtype == e.dtype and a.shape == e.shape, \
+            f"{what} {name}: {a.dtype}{tuple(a.shape)} vs {e.dtype}{tuple(e.shape)}"
         assert torch.equal(a, e), f"{what} {name} differs:\n{a}\nvs\n{e}"
 
 

@@ -1,13 +1,30 @@
-"""Compile every Triton kernel variant for a CUDA target WITHOUT a GPU (ptxas from the
-triton wheel), to catch what the interpreter cannot: GPU-compiler type errors, unsupported
-ops, register spills. Run in a process without TRITON_INTERPRET:
+"""Compile every kernel variant the launchers can pick for a CUDA target WITHOUT a GPU
+(triton's bundled ptxas and cuobjdump), with the launch's real specialisation, and fail on
+any register spill. Run in a process without TRITON_INTERPRET:
 
-    python tests/triton/aot_compile.py [sm]      # sm defaults to 90 (H100)
+    python tests/triton/aot_compile.py [--sm 90] [--jobs 2] [--quick]
 
-Prints one line per variant: name, meta-parameters, registers, spills; exits 1 on failure.
+How a variant is found: each launcher is called on ``meta`` tensors (shapes and strides,
+no memory) over B in {1, 8, 64}, M in {49, 576, 577, 2880, 16384}, T in {0, 1, 2, 16} and
+fp16 / bf16 / fp32, with the Triton kernel's ``run`` replaced by a recorder. The recorded
+arguments go through triton's own binder for the target (``create_function_from_signature``
++ ``JITFunction._pack_args``, what ``kernel[grid](...)`` does on a GPU): ints equal to 1
+become constants, multiples of 16 and 16-byte aligned pointers get divisibility hints,
+``do_not_specialize`` scalars stay plain. Variants are deduplicated by that specialisation
+key and compiled in ``--jobs`` processes, each in a fresh triton cache so that ptxas runs
+and its log ("bytes spill stores") is read.
+
+One line per compiled variant: kernel, meta-parameters, registers, stack bytes
+(``cuobjdump -res-usage``), ptxas spill stores / loads, SASS instruction count, and the
+(B, M, T, dtype) launches that map to it. Exit status 1 when a variant fails to compile,
+or has STACK > 0 or spill stores > 0.
 """
 
+import argparse
+import concurrent.futures as cf
+import contextlib
 import importlib
+import io
 import os
 import re
 import subprocess
@@ -16,74 +33,171 @@ import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-FS = importlib.import_module("litelvlm_kernels.triton_ops.fused_select")
-TS = importlib.import_module("litelvlm_kernels.triton_ops.text_similarity")
-CC = importlib.import_module("litelvlm_kernels.triton_ops.cls_contribution")
-ST = importlib.import_module("litelvlm_kernels.triton_ops.select_tokens")
-
-
-def _p(t):
-    return "*" + t
-
-
-FUSED = dict(h_ptr=_p("fp16"), w_ptr=_p("fp32"), b_ptr=_p("fp32"), q_ptr=_p("fp16"), k_ptr=_p("fp16"),
-             v_ptr=_p("fp16"), nt_ptr=_p("i64"), idx_ptr=_p("i64"), fs_ptr=_p("u8"), ns_ptr=_p("i32"),
-             sim_ws=_p("fp32"), l_ws=_p("fp32"), vn_ws=_p("fp32"), votes_ws=_p("i32"), keys_ws=_p("i64"),
-             list_ws=_p("i64"), cnt_ptr=_p("i32"), ln_eps="fp32", scale="fp32")
-SIM = dict(h_ptr=_p("bf16"), w_ptr=_p("fp32"), b_ptr=_p("fp32"), out_ptr=_p("fp32"), ln_eps="fp32")
-CLS = dict(q_ptr=_p("fp32"), k_ptr=_p("fp32"), v_ptr=_p("fp32"), out_ptr=_p("fp32"), l_ws=_p("fp32"),
-           vn_ws=_p("fp32"), cnt_ptr=_p("i32"), scale="fp32")
-SEL = dict(s_ptr=_p("fp32"), c_ptr=_p("fp32"), nt_ptr=_p("i32"), idx_ptr=_p("i64"), fs_ptr=_p("u8"),
-           ns_ptr=_p("i32"), votes_ws=_p("i32"), keys_ws=_p("i64"), list_ws=_p("i64"))
-
-VARIANTS = [
-    (FS._fused_select_kernel, FUSED, dict(HAS_NT=True, OFFICIAL=True, BLOCK_M=16, BLOCK_D=128, TB=2, BLOCK_F=1024,
-                                          SINGLE=True, RB=64, BITS=4)),
-    (FS._fused_select_kernel, FUSED, dict(HAS_NT=False, OFFICIAL=False, BLOCK_M=32, BLOCK_D=128, TB=16, BLOCK_F=4096,
-                                          SINGLE=True, RB=64, BITS=2)),
-    (FS._fused_select_kernel, FUSED, dict(HAS_NT=True, OFFICIAL=True, BLOCK_M=32, BLOCK_D=128, TB=4, BLOCK_F=4096,
-                                          SINGLE=False, RB=64, BITS=2)),
-    (TS._text_similarity_kernel, SIM, dict(BLOCK_M=32, BLOCK_D=128, TB=16)),
-    (CC._cls_contribution_kernel, CLS, dict(BLOCK_M=16, BLOCK_D=128, BLOCK_F=1024)),
-    (ST._select_tokens_kernel, SEL, dict(HAS_NT=True, OFFICIAL=True, BLOCK_F=4096, SINGLE=True, RB=64, BITS=2)),
-    (ST._select_tokens_kernel, SEL, dict(HAS_NT=False, OFFICIAL=False, BLOCK_F=1024, SINGLE=True, RB=64, BITS=4)),
-]
+PKG = "litelvlm_kernels.triton_ops"
+BS = (1, 8, 64)
+MS = (49, 576, 577, 2880, 16384)
+TS = (0, 1, 2, 16)
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DV = D = 1024  # CLIP ViT-L/14 widths (any multiple of 16 >= 128 specialises the same way)
+R = 192
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
-def _usage(cubin: bytes):
-    """(registers, spill stores) from cuobjdump -res-usage, when the wheel ships it."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(tool):
-        return None, None
+class _Recorded(Exception):
+    pass
+
+
+def _record(kernel, launch):
+    """(args, kwargs) that `launch` hands to `kernel[grid](...)`, without running it."""
+    got = {}
+
+    def run(*args, grid, warmup, **kwargs):
+        got["call"] = (args, kwargs)
+        raise _Recorded
+
+    kernel.run = run  # the instance attribute shadows JITFunction.run for this kernel only
+    try:
+        launch()
+    except _Recorded:
+        pass
+    finally:
+        del kernel.run
+    return got.get("call")
+
+
+def _launches(quick):
+    """(label, module, kernel name, launch thunk) for every launch of the grid."""
+    from litelvlm_kernels import triton_ops as tops
+
+    meta = dict(device="meta")
+    bs, ms, ts, dts = ((1, 64), (576, 16384), (2,), ("fp16",)) if quick else (BS, MS, TS, tuple(DTYPES))
+    for dn in dts:
+        dt = DTYPES[dn]
+        for B in bs:
+            for M in ms:
+                hidden = torch.empty(B, M, DV, dtype=dt, **meta)
+                keys = torch.empty(B, M, D, dtype=dt, **meta)
+                values = torch.empty(B, M, D, dtype=dt, **meta)
+                q = torch.empty(B, D, dtype=dt, **meta)
+                yield (f"B={B} M={M} {dn}", "cls_contribution", "_cls_contribution_kernel",
+                       lambda q=q, k=keys, v=values: tops.cls_contribution(q, k, v))
+                for T in ts:
+                    w = torch.empty(B, T, DV, dtype=torch.float32, **meta)
+                    b = torch.empty(B, T, dtype=torch.float32, **meta)
+                    r = min(R, M)
+                    lab = f"B={B} M={M} T={T} {dn}"
+                    if T:
+                        yield (lab, "text_similarity", "_text_similarity_kernel",
+                               lambda h=hidden, w=w, b=b: tops.text_similarity(h, w, b, 1e-5))
+                    nt = torch.empty(B, dtype=torch.int64, **meta)
+                    flags = [(None, "official"), (nt, "spatial")] if dn == "fp16" else [(None, "official")]
+                    for ntx, order in flags:
+                        lab2 = lab + ("" if ntx is None else " num_texts") + f" {order}"
+                        yield (lab2, "fused_select", "_fused_select_kernel",
+                               lambda h=hidden, w=w, b=b, q=q, k=keys, v=values, r=r, o=order, n=ntx:
+                               tops.fused_select(h, w, b, 1e-5, q, k, v, r, order=o, num_texts=n))
+                        if dn == "fp32":
+                            s = torch.empty(B, T, M, dtype=torch.float32, **meta)
+                            c = torch.empty(B, M, dtype=torch.float32, **meta)
+                            yield (lab2, "select_tokens", "_select_tokens_kernel",
+                                   lambda s=s, c=c, r=r, o=order, n=ntx: tops.select_tokens(s, c, r, 1, 0, o, n))
+
+
+def _specialise(fn, args, kwargs, backend):
+    """What JITFunction.run computes for these arguments: (key, signature, constexprs, attrs, options)."""
+    kwargs = dict(kwargs, debug=False)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
+    key = (fn.__name__, str(spec), str(options))
+    consts = {fn.arg_names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
+    return key, (signature, constexprs, attrs, options.__dict__), consts
+
+
+def _tool(name, *args):
+    return subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True).stdout
+
+
+def _compile(task):
+    """Worker: compile one variant in a fresh cache; return its resource figures."""
+    mod, kname, (signature, constexprs, attrs, options), sm = task
+    fn = getattr(importlib.import_module(f"{PKG}.{mod}"), kname)
+    from triton import knobs
+
+    knobs.nvidia.dump_ptxas_log = True
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        k = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", sm, 32),
+                           options=options)
+    ptx = log.getvalue()
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
+        f.write(k.asm["cubin"])
         f.flush()
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    regs = re.search(r"REG:(\d+)", out)
-    local = re.search(r"LOCAL:(\d+)", out)
-    return (int(regs.group(1)) if regs else None), (int(local.group(1)) if local else None)
+        res = _tool("cuobjdump", "-res-usage", f.name)
+        sass = _tool("cuobjdump", "-sass", f.name)
+    reg = re.search(r"REG:(\d+)", res)
+    stack = re.search(r"STACK:(\d+)", res)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptx)
+    n_sass = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
+    return dict(reg=int(reg.group(1)) if reg else -1, stack=int(stack.group(1)) if stack else -1,
+                spill_st=int(spill.group(1)) if spill else -1, spill_ld=int(spill.group(2)) if spill else -1,
+                sass=n_sass, stl=len(re.findall(r"\bSTL\b", sass)))
 
 
-def main(sm: int) -> int:
-    target = GPUTarget("cuda", sm, 32)
-    failed = 0
-    for fn, types, consts in VARIANTS:
-        sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
-        try:
-            nw = 8 if consts.get("BLOCK_M", 16) >= 32 or (fn is ST._select_tokens_kernel and consts["BLOCK_F"] >= 2048) else 4  # as the launchers
-            k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
-                               options=dict(num_warps=nw))
-            regs, local = _usage(k.asm["cubin"])
-            print(f"ok   {fn.__name__} {consts} num_warps={nw} regs={regs} local_bytes={local}")
-        except Exception as e:  # report every variant, then fail
-            failed += 1
-            print(f"FAIL {fn.__name__} {consts}: {type(e).__name__}: {str(e)[:2000]}")
-    return 1 if failed else 0
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sm", type=int, default=90)
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--quick", action="store_true", help="B in {1, 64}, M in {576, 16384}, T = 2, fp16")
+    ap.add_argument("--match", default="", help="only launches whose 'kernel label' matches this regex")
+    a = ap.parse_args(argv)
+    backend = make_backend(GPUTarget("cuda", a.sm, 32))
+    variants = {}  # key -> [module, kernel name, compile args, constexprs, labels]
+    for label, mod, kname, launch in _launches(a.quick):
+        if a.match and not re.search(a.match, f"{kname} {label}"):
+            continue
+        fn = getattr(importlib.import_module(f"{PKG}.{mod}"), kname)
+        call = _record(fn, launch)
+        if call is None:  # no launch (empty shapes)
+            continue
+        key, cargs, consts = _specialise(fn, *call, backend)
+        variants.setdefault(key, [mod, kname, cargs, consts, call[1].get("num_warps"), []])[5].append(label)
+    print(f"{len(variants)} distinct variants (by triton's specialisation key) for sm_{a.sm}, "
+          f"triton {triton.__version__}, {a.jobs} jobs", flush=True)
+    failed = bad = 0
+    with cf.ProcessPoolExecutor(max_workers=max(1, a.jobs), initializer=_fresh_cache) as ex:
+        futs = {ex.submit(_compile, (v[0], v[1], v[2], a.sm)): v for v in variants.values()}
+        for fut in cf.as_completed(futs):
+            mod, kname, _, consts, nw, labels = futs[fut]
+            what = f"{kname} {consts} num_warps={nw}"
+            try:
+                r = fut.result()
+            except Exception as e:  # report every variant, then fail
+                failed += 1
+                print(f"FAIL {what}: {type(e).__name__}: {str(e)[:1500]}", flush=True)
+                continue
+            spills = r["stack"] != 0 or r["spill_st"] != 0
+            bad += spills
+            print(f"{'SPILL' if spills else 'ok   '} {what} regs={r['reg']} stack={r['stack']} "
+                  f"spill_stores={r['spill_st']} spill_loads={r['spill_ld']} STL={r['stl']} sass={r['sass']} "
+                  f"<- {len(labels)} launches, e.g. {labels[0]}", flush=True)
+    print(f"summary: {len(variants)} variants, {failed} failed to compile, {bad} with stack or spill stores > 0")
+    return 1 if failed or bad else 0
+
+
+def _fresh_cache():
+    # A cache of our own per worker: ptxas really runs (its log holds the spill figures).
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="aot-triton-")
+    from triton import knobs
+
+    knobs.cache.dir = os.environ["TRITON_CACHE_DIR"]
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90))
+    sys.exit(main())

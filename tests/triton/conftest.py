@@ -50,7 +50,7 @@ def device():
 
 @pytest.fixture(autouse=True)
 def _reset_block_overrides():
-    """Tests force block sizes through the launchers' _FORCE_BLOCKS hooks: reset after each."""
+    """Tests force block sizes through the launchers' `_blocks` argument (via _tri.force_blocks): reset after each."""
     yield
     if HAS_TRITON and not _SKIP:
         import _tri

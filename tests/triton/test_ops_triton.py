@@ -5,14 +5,13 @@ checks their argument plumbing and validation; on a GPU the ops themselves are c
 dispatch to the Triton kernels, torch.compile, CUDA-graph capture and replay.
 """
 
+import _tri
 import pytest
 import torch
+from _tri import tops
 
 import litelvlm_kernels.ops  # noqa: F401  (registers the ops)
 from litelvlm_kernels.ops import triton_cuda
-
-import _tri
-from _tri import tops
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available() or _tri.tops.interpret_mode(),
                                reason="needs a GPU (without TRITON_INTERPRET)")

@@ -1,13 +1,12 @@
 """text_similarity and cls_contribution kernels vs the reference's direct formulas."""
 
+import _tri
 import pytest
 import torch
+from _inputs import noncontig
+from _tri import tops
 
 from litelvlm_kernels import reference as ref
-
-from _inputs import noncontig
-import _tri
-from _tri import tops
 
 # Both sides compute in fp32 from the same input values (fp16 / bf16 inputs are upcast
 # first), so one tolerance serves every dtype: a few ulps of the largest term.

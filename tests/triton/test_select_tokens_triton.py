@@ -7,14 +7,13 @@ reference.select EXACTLY (same scores, no tolerance).
 
 import itertools
 
+import _tri
 import pytest
 import torch
+from _inputs import scores
+from _tri import tops
 
 from litelvlm_kernels import reference as ref
-
-from _inputs import scores
-import _tri
-from _tri import tops
 
 MODES = [1, 0, 2]  # union, intersection, at least 2 votes
 ORDERS = ["official", "spatial"]
@@ -36,13 +35,36 @@ def test_modes_orders_hazards(min_votes, order, path, device):
         _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), R, min_votes, 0, order), f"R={R}")
 
 
-@pytest.mark.parametrize("bits", [1, 2, 8])
-def test_search_radix(bits, device):
-    """The k-th key search with 1, 2 and 8 bits per counting step (the launchers use 4 or 2)."""
-    _tri.force_blocks(dict(BITS=bits))
-    s, c = scores(2, 2, 45, device=device, seed=bits)
-    for R, order in ((10, "official"), (30, "spatial")):
-        _tri.assert_same(tops.select_tokens(s, c, R, 1, 0, order), ref.select(s.cpu(), c.cpu(), R, 1, 0, order))
+@pytest.mark.parametrize("G", [1, 2])
+def test_text_groups(G, device):
+    """Bottom-k searches run G texts at a time (one G x 256-bin histogram per radix pass):
+    one and two texts per group, with T = 3 (a partial last group), on both finalisers."""
+    s, c = scores(2, 3, 45, device=device, seed=G)
+    for blocks in (dict(G=G), dict(G=G, BLOCK_F=16)):
+        _tri.force_blocks(blocks)
+        for R, order, mv in ((10, "official", 1), (30, "spatial", 2), (21, "official", 0)):
+            _tri.assert_same(tops.select_tokens(s, c, R, mv, 0, order), ref.select(s.cpu(), c.cpu(), R, mv, 0, order),
+                             f"{blocks} R={R}")
+
+
+def test_keys_differ_in_low_digits(device):
+    """Scores one ulp apart (keys equal in their top 3 radix digits) and exact ties across
+    the sign: every digit pass and the index tie-break are exercised."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.tensor([1.0, -1.0, 3e-38, -3e-38]).repeat_interleave(16)  # 4 clusters of 16 tokens
+    steps = torch.randint(0, 6, (64,), generator=g)  # 0..5 ulps away: many exact ties
+    x = base.clone()
+    for i in range(64):
+        for _ in range(int(steps[i])):
+            x[i] = torch.nextafter(x[i], torch.tensor(float("inf")))
+    s = torch.stack([x, x.flip(0)]).unsqueeze(0).to(device)  # [1, 2, 64]
+    c = (x.abs() * 1e37).clamp(max=1e30).unsqueeze(0).to(device)
+    for R, k in ((20, 5), (40, 10), (64, 0)):
+        for order in ORDERS:
+            for blocks in (None, dict(BLOCK_F=16)):
+                _tri.force_blocks(blocks)
+                _tri.assert_same(tops.select_tokens(s, c, R, 1, k, order),
+                                 ref.select(s.cpu(), c.cpu(), R, 1, k, order), f"R={R} k={k} {order} {blocks}")
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -53,7 +75,8 @@ def test_num_texts_and_k_per_text(order, device):
         out = tops.select_tokens(s, c, 12, mv, k, order, nt)
         _tri.assert_same(out, ref.select(s.cpu(), c.cpu(), 12, mv, k, order, nt.cpu()), f"mv={mv} k={k}")
     nt32 = nt.to(torch.int32)
-    _tri.assert_same(tops.select_tokens(s, c, 12, 1, 0, order, nt32), ref.select(s.cpu(), c.cpu(), 12, 1, 0, order, nt.cpu()))
+    _tri.assert_same(tops.select_tokens(s, c, 12, 1, 0, order, nt32),
+                     ref.select(s.cpu(), c.cpu(), 12, 1, 0, order, nt.cpu()))
 
 
 def test_all_equal_scores_ties_by_index(device):
@@ -93,20 +116,15 @@ def test_no_texts_and_clamped_budget(device):
     assert out[0].shape == (2, 9)
 
 
-def test_empty_and_errors(device):
+def test_empty(device):
+    """B = 0 or M = 0: empty outputs without a launch. (Argument errors are raised by the op
+    layer before any launcher runs: tests/test_*.py check them.)"""
     s, c = scores(0, 2, 9, device=device)
     idx, ns, fs = tops.select_tokens(s, c, 4)
     assert idx.shape == (0, 4) and ns.shape == (0,) and fs.shape == (0, 4) and fs.dtype == torch.bool
-    s, c = scores(2, 0, 0, device=device)  # M = 0 (with T = 0: T > R' = 0 raises otherwise)
+    s, c = scores(2, 0, 0, device=device)  # M = 0
     idx, ns, fs = tops.select_tokens(s, c, 4)
     assert idx.shape == (2, 0) and ns.tolist() == [0, 0]
-    s, c = scores(1, 3, 9, device=device)
-    with pytest.raises(ValueError):
-        tops.select_tokens(s, c, 2)  # T > R'
-    with pytest.raises(ValueError):
-        tops.select_tokens(s, c, 6, 1, 3)  # k x T > R'
-    with pytest.raises(ValueError):
-        tops.select_tokens(s, c, 6, 1, 0, "random")
 
 
 def test_random_sweep(device):
