@@ -15,8 +15,10 @@ build                 90      ``pip install --no-build-isolation --no-deps --no-
 build-check           15      FAILS LOUDLY unless ``litelvlm::gather_tokens`` has a CUDA kernel
 tests-main            130     ``pytest tests`` (not tests/triton; not the nvcc compile-check,
                               which the real build supersedes), CUDA tests included
-tests-triton          (same)  ``pytest tests/triton`` on the GPU (no TRITON_INTERPRET); both
-                              pytest runs at once, each with half the cores as xdist workers
+tests-triton          (same)  ``pytest tests/triton`` on the GPU (no TRITON_INTERPRET)
+tests-bench           (same)  ``pytest benchmarks --benchmark-disable`` (CUDA variants); the
+                              three pytest runs at once, the first two with half the cores
+                              each as xdist workers
 memcheck-gather       70      compute-sanitizer memcheck on the gather CUDA tests
 memcheck-fused        (same)  memcheck on the fused_select / Triton op CUDA tests
 racecheck, synccheck  (same)  on ``benchmarks.gpu_sanitize_case`` (small fused_select case);
@@ -127,6 +129,9 @@ def plan(outdir: str, logdir: str, *, python: str = "python3", cores: int = 16, 
              env=FEW_THREADS),
         Step("tests-triton", 130, pytest(["tests/triton"], "junit-triton.xml", workers=half),
              "pytest tests/triton on the GPU (real Triton kernels)", group="tests", env=FEW_THREADS),
+        Step("tests-bench", 130, pytest(["benchmarks", "--benchmark-disable"], "junit-bench.xml"),
+             "pytest benchmarks --benchmark-disable: the benchmark smoke tests' CUDA variants, once each",
+             group="tests", env=FEW_THREADS),
         Step("memcheck-gather", 70,
              sanitized("memcheck", python, "-m", "pytest", "tests/test_gather_tokens.py", "-q", "-x",
                        "-p", "no:cacheprovider", "-k", "cuda and not device_assert and not graph"),
