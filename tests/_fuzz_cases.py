@@ -105,13 +105,23 @@ def _hazards(rng: random.Random, target: str, B: int, M: int, T: int, Dv: int, D
     hz = []
     if M >= 2 and rng.random() < 0.25:
         # Letterbox padding: a band of identical patches (the same hidden, key and value rows).
-        n = rng.randint(2, M)
+        n = rng.randint(max(2, M // 2), M)  # a band wide enough that cut-offs fall inside it
         start = rng.randint(0, M - n)
         rows = list(range(start, start + n)) if rng.random() < 0.7 else sorted(rng.sample(range(M), n))
-        hz.append(("duplicate_tokens", rows))
+        # jitter 0: exact copies (exact ties). Else near-copies, relative noise 1e-4..3e-3: score gaps
+        # then sit just above the near-tie tolerance, so a kernel that loses precision (measured: the
+        # uncentred x . w - mu sum(w) errs by 5e-3 of max|s| with token offsets) swaps them and fails.
+        jitter = 0.0 if rng.random() < 0.6 else float(f"{10 ** rng.uniform(-4, -2.5):.2g}")
+        hz.append(("duplicate_tokens", rows, jitter))
     if target != "select_tokens" and Dv >= 2 and rng.random() < 0.4:
+        # CLIP-like: two channels 50-300x larger than the rest, either with a steady sign over
+        # the tokens (a large mean in that channel, as CLIP ViT-L/14's) or zero-mean.
         ch = rng.sample(range(Dv), 2)
-        hz.append(("outlier_channels", ch, [round(rng.uniform(50, 300), 1) for _ in ch]))
+        hz.append(("outlier_channels", ch, [round(rng.uniform(50, 300), 1) for _ in ch], rng.random() < 0.5))
+    if target != "select_tokens" and Dv >= 2 and rng.random() < 0.25:
+        # A large common offset in every channel of a token: (x . w - mu sum(w)) would cancel
+        # catastrophically here; the centred form of docs/design.md section 3 must not.
+        hz.append(("token_offset", round(10 ** rng.uniform(1.5, 3), 1), rng.random() < 0.5))
     if B and M and rng.random() < 0.08:
         names = ["s", "c"] if target == "select_tokens" else ["hidden", "keys", "values", "q_cls", "text_embeds"]
         for _ in range(rng.randint(1, 3)):
@@ -210,7 +220,7 @@ def build(case: Case) -> dict:
             if signed_zero:
                 t["s"][t["s"] == 0] = -0.0
         if "duplicate_tokens" in hz:
-            rows = hz["duplicate_tokens"][0]
+            rows = hz["duplicate_tokens"][0]  # exact ties only: select_tokens must match exactly
             t["s"][:, :, rows] = t["s"][:, :, rows[:1]]
             t["c"][:, rows] = t["c"][:, rows[:1]]
     else:
@@ -225,14 +235,23 @@ def build(case: Case) -> dict:
             "keys": torch.randn(B, M, D, generator=g),
             "values": torch.randn(B, M, D, generator=g) * (1.0 + torch.rand(B, M, 1, generator=g)),
         }
-        if "outlier_channels" in hz:
-            ch, factors = hz["outlier_channels"]
-            for j, f in zip(ch, factors):
-                t["hidden"][:, :, j] *= f
-        if "duplicate_tokens" in hz:
-            rows = hz["duplicate_tokens"][0]
+        rows, jitter = hz.get("duplicate_tokens", ([], 0.0))
+        if rows:  # first, so that the jitter is relative to the token-to-token variation
             for name in ("hidden", "keys", "values"):
-                t[name][:, rows] = t[name][:, rows[:1]]
+                x = t[name]
+                spread = float(x.std(correction=0)) if x.numel() else 0.0
+                x[:, rows] = x[:, rows[:1]] + jitter * spread * torch.randn(x[:, rows].shape, generator=g)
+        if "outlier_channels" in hz:
+            ch, factors, steady = hz["outlier_channels"]
+            for j, f in zip(ch, factors):
+                x = t["hidden"][:, :, j]
+                x.copy_(f * (case.value_scale + 0.1 * x) if steady else f * x)
+        if "token_offset" in hz:  # the same offset for every token, or one per token
+            size, per_token = hz["token_offset"]
+            off = torch.rand(B, M, 1, generator=g) if per_token else torch.ones(1)
+            if per_token and rows:
+                off[:, rows] = off[:, rows[:1]]  # duplicated tokens stay duplicates
+            t["hidden"] += size * case.value_scale * off
     for h in case.hazards:
         if h[0] == "nonfinite":
             _set_nonfinite(t[h[1]], h[2], h[3])
