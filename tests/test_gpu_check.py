@@ -261,6 +261,19 @@ def test_summary_figures_against_targets():
     assert figs["gather B=1 C=4096: torch.gather / litelvlm"]["met"] is True
     missing = figs["prefill 192+64 / 576+64"]
     assert missing["value"] == "not measured" and missing["met"] is False
+
+    def pre(visual, ms):
+        return make_row("llm_prefill", "hf-llama-sdpa", {"B": 1, "visual": visual, "tokens": visual + 64},
+                        torch.float16, _t(ms), peak_mem_bytes=14e9, kv_cache_bytes=2 * 32 * 4096 * (visual + 64) * 2,
+                        layer_scale=4.0, layers_built=8)
+
+    prune = make_row("prune", "litelvlm", {"B": 1, "M": 576, "R": 192}, torch.float16, _t(0.05),
+                     share_of_full_prefill=0.05 / 160)
+    figs = {f["figure"].strip(): f for f in gpu_summary.figures([pre(576, 160.0), pre(192, 70.0), prune])}
+    assert figs["prefill 576+64 tokens (x4 from 8 layers)"]["value"] == "160.0 ms"  # scaling is said
+    assert figs["prefill 192+64 / 576+64"]["value"] == "43.8%" and figs["prefill 192+64 / 576+64"]["met"] is True
+    assert figs["prune (lk.prune, R=192) / prefill 576+64"]["met"] is True
+    assert figs["peak memory / KV cache at 576+64"]["value"] == "14.00 GB / 335.5 MB"
     text = gpu_summary.render([{"name": "build", "status": "ok", "budget_s": 90, "seconds": 41.0, "note": ""}],
                               _select_rows(), "test card")
     assert text.startswith("## gpu_check on test card") and "| build | ok | 41 / 90 |" in text and "| NO |" in text
