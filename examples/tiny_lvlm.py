@@ -125,3 +125,44 @@ def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pa
         ids[b, L - len(r):] = torch.tensor(r)
         mask[b, L - len(r):] = torch.tensor([0 if (t == PAD) else 1 for t in r])
     return ids, mask
+
+
+def demo(model, clip, tokenizer, inputs: dict, expressions, *, new_tokens: int = 8, repeat: int = 3,
+         full_size: tuple = ("vicuna-7b", 576), **settings) -> dict:
+    """Stock generate vs LiteLVLM generate on ``inputs``; prints tokens, FLOPs, KV bytes and time, returns them.
+
+    Also checks the invariant the tests check: keeping every token in raster order gives the stock ids.
+    ``full_size``: a flops preset and its per-view token count, to print the same ratio at real scale.
+    """
+    from litelvlm_kernels.flops import DecoderConfig, prefill_flops
+    from litelvlm_kernels.integrations.lvlm import enable_litelvlm
+    from litelvlm_kernels.integrations.metrics import format_metrics, prefill_metrics
+    from litelvlm_kernels.memory import kv_cache_bytes
+
+    gen = dict(max_new_tokens=new_tokens, do_sample=False)
+    with torch.no_grad():
+        stock = model.generate(**inputs, **gen)
+        with enable_litelvlm(model, clip, tokenizer, **settings) as patch:
+            pruned = model.generate(**inputs, referring_expressions=expressions, **gen)
+            report = patch.last_report
+            metrics = prefill_metrics(model, inputs, expressions, repeat=repeat)
+        keep_all = dict(settings, num_retain=10_000, order="spatial")
+        with enable_litelvlm(model, clip, tokenizer, **keep_all):
+            same = torch.equal(model.generate(**inputs, referring_expressions=expressions, **gen), stock)
+    L = inputs["input_ids"].shape[1]
+    for what in ("image", "video"):
+        if what in report:
+            print(f"{what} placeholders per input: stock {report[what]['stock']} -> kept {report[what]['kept']}")
+    print(format_metrics(metrics))
+    print("new tokens, stock:   ", stock[:, L:].tolist())
+    print("new tokens, LiteLVLM:", pruned[:, L:].tolist())
+    print(f"keeping every token in raster order reproduces the stock ids: {same}")
+    preset, per_view = full_size
+    cfg = DecoderConfig.preset(preset)
+    ratio = metrics["pruned"]["visual_tokens"] / metrics["stock"]["visual_tokens"]
+    kept = round(per_view * ratio)
+    print(f"same visual-token ratio at {preset} scale ({per_view} -> {kept} visual + 64 text tokens): prefill "
+          f"{prefill_flops(cfg, per_view, 64) / 1e12:.2f} -> {prefill_flops(cfg, kept, 64) / 1e12:.2f} TFLOPs, "
+          f"KV cache {kv_cache_bytes(cfg, per_view, 64) / 1e6:.0f} -> {kv_cache_bytes(cfg, kept, 64) / 1e6:.0f} MB")
+    return {"stock_ids": stock, "pruned_ids": pruned, "report": report, "metrics": metrics,
+            "keep_all_equals_stock": same}

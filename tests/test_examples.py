@@ -159,3 +159,27 @@ def fastv_with_index_select(fv, llm, embeds, kept_image):
     for lyr in model.layers[2:]:
         h = fv._layer(lyr, h, mask, pos, pe)
     return llm.lm_head(model.norm(h[:, -1])), keep
+
+
+# --------------------------------------------------------------------------- stock LVLMs + enable_litelvlm
+
+
+@pytest.mark.parametrize("name,argv,kind,kept", [
+    ("llava_generate", ["--retain", "16"], "image", [16, 16, 16]),
+    ("llava_next_generate", ["--retain", "16", "--budget", "global"], "image", None),
+    ("llava_next_video_generate", ["--retain", "4"], "video", [16, 16]),
+])
+def test_lvlm_generate_examples(name, argv, kind, kept, capsys):
+    pytest.importorskip("transformers")
+    r = load(name).main(argv + ["--repeat", "1", "--new-tokens", "3"])
+    out = capsys.readouterr().out
+    for word in ("visual tokens", "prefill FLOPs", "KV cache", "prefill time", "TFLOPs"):
+        assert word in out
+    assert r["keep_all_equals_stock"]  # keeping every token in raster order changes nothing
+    rep, m = r["report"][kind], r["metrics"]
+    if kept is not None:
+        assert rep["kept"] == kept
+    assert sum(rep["kept"]) == m["pruned"]["visual_tokens"] < m["stock"]["visual_tokens"] == sum(rep["stock"])
+    for key in ("prefill_flops", "kv_cache_bytes", "tokens"):
+        assert 0 < m["pruned"][key] < m["stock"][key]
+    assert r["pruned_ids"].shape == r["stock_ids"].shape  # prompt re-expanded in front of the new tokens

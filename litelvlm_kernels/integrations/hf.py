@@ -8,7 +8,9 @@ The adapter is split by concern (one module per job, one file per model family):
 ``text``               [EOS] embeddings, grouping per image, the folded-text cache
 ``pruner``             ``LiteLVLMPruner``: tower + texts -> kept tokens
 ``lvlm``               the model-agnostic part of patching a whole LVLM
+``views``              selection over tiles / frames with the public ops
 ``llava`` ...          one file per LVLM family (see docs/CONTRIBUTING.md)
+``metrics``            tokens, FLOPs, KV bytes, time before / after on given inputs
 =====================  =======================================================
 
 Quick start::
@@ -36,11 +38,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
 
 from ._towers import text_tower, vision_tower
 from .capture import VisionCapture, capture_vision
+from .lvlm import LiteLVLMSettings, disable_litelvlm, enable_litelvlm
+from .metrics import format_metrics, prefill_metrics
 from .pruner import HFPruneResult, LiteLVLMPruner
 from .text import TextCondition, encode_text
 
 __all__ = [
     "HFPruneResult",
+    "LiteLVLMSettings",
+    "disable_litelvlm",
+    "enable_litelvlm",
+    "format_metrics",
+    "prefill_metrics",
     "LiteLVLMPruner",
     "TextCondition",
     "VisionCapture",

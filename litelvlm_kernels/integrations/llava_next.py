@@ -39,6 +39,34 @@ from .lvlm import FamilyAdapter, Modality, model_part, register_adapter
 from .views import contribution, select_views, view_similarity
 
 
+def grid_side(model) -> int:
+    """Tokens per side of one view (24 for CLIP ViT-L/14-336)."""
+    vc = model.config.vision_config
+    return vc.image_size // vc.patch_size
+
+
+def geometry(model, image_size) -> dict:
+    """Views, tile grid and cropped grid of one image (``image_size`` = (H, W)), by the installed
+    transformers' own helpers (``get_anyres_image_grid_shape``, ``unpad_image``), so counts follow its rules.
+
+    Returns ``{"views", "nh", "nw", "crop"}``; ``crop`` [h', w'] holds the flat full-grid index of each
+    cell the unpadding keeps.
+    """
+    mod, cfg = sys.modules[type(model).__module__], model.config
+    size = [int(x) for x in image_size]
+    nh, nw = mod.get_anyres_image_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    g = grid_side(model)
+    full = torch.arange(nh * g * nw * g).view(1, nh * g, nw * g)
+    crop = mod.unpad_image(full, size)[0]
+    return {"views": 1 + nh * nw, "nh": nh, "nw": nw, "crop": crop}
+
+
+def stock_placeholder_count(model, image_size) -> int:
+    """Placeholders the stock model (and its processor) gives one image: M + h' (w' + 1)."""
+    crop = geometry(model, image_size)["crop"]
+    return grid_side(model) ** 2 + crop.shape[0] * (crop.shape[1] + 1)
+
+
 @register_adapter
 class LlavaNextAdapter(FamilyAdapter):
     """``model_type == "llava_next"``: pixel_values [N, V_max, 3, H, W] and image_sizes [N, 2] (H, W)."""
@@ -49,27 +77,14 @@ class LlavaNextAdapter(FamilyAdapter):
         if self.strategy() != "default":
             raise ValueError("vision_feature_select_strategy: only 'default' is supported for LLaVA-NeXT")
 
-    def _module(self):
-        # The geometry helpers of the installed transformers, so our counts follow its rules.
-        return sys.modules[type(self.model).__module__]
-
     def side(self) -> int:
-        vc = self.model.config.vision_config
-        return vc.image_size // vc.patch_size
+        return grid_side(self.model)
 
     def geometry(self, image_size) -> dict:
-        """Views, tile grid and the cropped grid of one image (``image_size`` = (H, W))."""
-        mod, cfg = self._module(), self.model.config
-        size = [int(x) for x in image_size]
-        nh, nw = mod.get_anyres_image_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
-        g = self.side()
-        full = torch.arange(nh * g * nw * g).view(1, nh * g, nw * g)
-        crop = mod.unpad_image(full, size)[0]  # flat full-grid index of each cell kept by the unpadding
-        return {"views": 1 + nh * nw, "nh": nh, "nw": nw, "crop": crop}
+        return geometry(self.model, image_size)
 
     def stock_count(self, geo) -> int:
-        h, w = geo["crop"].shape
-        return self.side() ** 2 + h * (w + 1)
+        return self.side() ** 2 + geo["crop"].shape[0] * (geo["crop"].shape[1] + 1)
 
     def modalities(self) -> list:
         return [Modality("pixel_values", image_token_id(self.model.config), ("image_sizes",),

@@ -289,10 +289,11 @@ def prepare_inputs(adapter: FamilyAdapter, kwargs: dict, expressions) -> tuple:
     for k in ("position_ids", "labels"):
         if new[k] is not None:
             out[k] = new[k]
-    report["tokens"] = {"stock": int(ids.shape[1]), "kept": int(new["input_ids"].shape[1]),
-                        "attended_stock": int(kwargs["attention_mask"].sum()) if kwargs.get("attention_mask")
-                        is not None else int(ids.numel()),
-                        "attended_kept": int(new["attention_mask"].sum())}
+    visual = [token_id for token_id, _ in merges]
+    report["rows"] = {  # per prompt: what the LLM attends to, before and after
+        "visual_stock": sum((ids == t).sum(1) for t in visual).tolist(),
+        "visual_kept": sum((new["input_ids"] == t).sum(1) for t in visual).tolist(),
+        "tokens_stock": mask.sum(1).tolist(), "tokens_kept": new["attention_mask"].sum(1).tolist()}
     return out, new["input_ids"], report
 
 
