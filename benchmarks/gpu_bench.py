@@ -55,19 +55,27 @@ def _timed(fn, device, kind: str, rep_ms: float, tiny: bool = False):
     return measure(fn, device, cuda_graph=(kind == "graph"), rep_ms=rep_ms)
 
 
-def _check_select(x, folded, R):
-    """The timed ops must be right: same kept set as the reference (up to near-ties) and gathered rows equal."""
+def _check_select(x, folded, R) -> dict:
+    """What the timed ops return, checked: the share of kept indices equal to the reference's (fp16
+    near-ties may swap a few; the tests check the tolerance) and whether the gathered rows equal
+    torch.gather's. Recorded in every row and logged, not raised: a wrong result is a finding of
+    the run, and the timings of the other providers are still worth having."""
     from litelvlm_kernels.testing import assert_valid_indices
 
     idx, tokens = bench_select._ops_fn(x, folded, R)()
-    assert_valid_indices(idx.cpu(), x.hidden.shape[1], R)
-    expected = torch.gather(x.hidden, 1, idx[..., None].expand(-1, -1, x.hidden.shape[-1]))
-    assert torch.equal(tokens, expected), "gather_tokens differs from torch.gather on the kept indices"
+    try:
+        assert_valid_indices(idx.cpu(), x.hidden.shape[1], R)
+        valid = True
+    except AssertionError as e:
+        valid = False
+        _log(f"select check: INVALID indices: {e}")
+    expected = torch.gather(x.hidden, 1, idx.clamp(0, x.hidden.shape[1] - 1)[..., None].expand(-1, -1, x.hidden.shape[-1]))
+    gathered = bool(torch.equal(tokens, expected))
     ref_idx, _ = bench_select._reference_fn(x, R)()
     same = (torch.sort(idx, 1).values == torch.sort(ref_idx, 1).values).float().mean().item()
-    _log(f"select check B={idx.shape[0]}: {100 * same:.2f}% of kept indices equal the reference's "
-         "(fp16 near-ties may swap a few; tests/triton checks the tolerance)")
-    return same
+    _log(f"select check B={idx.shape[0]}: indices valid {valid}, {100 * same:.2f}% equal the reference's, "
+         f"gathered rows {'equal' if gathered else 'DIFFER from'} torch.gather's")
+    return {"indices_valid": valid, "indices_equal_reference": same, "tokens_equal_gather": gathered}
 
 
 def _select_shape(sh: dict, B: int) -> dict:
@@ -95,7 +103,7 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
                         device=device, seed=B)
         folded = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
         R = sh["R"]
-        agree = _check_select(x, folded, R)
+        check = _check_select(x, folded, R)
         nbytes = B * sh["M"] * (sh["Dv"] + 2 * sh["D"]) * x.hidden.element_size()  # hidden + keys + values
         ops, api = bench_select._ops_fn(x, folded, R), bench_select._api_fn(x, folded, R)
         plan = [("ops", ops, "bench"), ("ops.cudagraph", ops, "graph"), ("ops.wall", ops, "wall"),
@@ -112,7 +120,7 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
                 continue
             if name == "reference":
                 t_ref[B] = t["p50_ms"]
-            _add_select_row(sink, name, _select_shape(sh, B), dtype, t, nbytes, t_ref.get(B), copy, device, agree)
+            _add_select_row(sink, name, _select_shape(sh, B), dtype, t, nbytes, t_ref.get(B), copy, device, check)
         del x, folded, ops, api
         if cuda:
             torch.cuda.empty_cache()
@@ -150,11 +158,9 @@ def run_select_compile(device, sink: RowSink, *, tiny: bool = False, rep_ms: flo
     return sink.rows
 
 
-def _add_select_row(sink, name, shape, dtype, t, nbytes, t_ref, copy, device, agree, **more):
+def _add_select_row(sink, name, shape, dtype, t, nbytes, t_ref, copy, device, check, **more):
     gbs = nbytes / (t["p50_ms"] * 1e-3) / 1e9
-    extra = dict(gbs=gbs, bytes=nbytes, **more)
-    if agree is not None:
-        extra["indices_equal_reference"] = agree
+    extra = dict(gbs=gbs, bytes=nbytes, **more, **(check or {}))
     if t_ref:
         extra["speedup_vs_reference"] = t_ref / t["p50_ms"]
     if copy:

@@ -67,6 +67,15 @@ def figures(rows: list[dict]) -> list[dict]:
     out.append(_fig("  eager reference / ops graph replay", speed_g, "{:.1f}x"))
     speed_c = p50["reference.compile"] / p50["ops"] if p50["reference.compile"] and p50["ops"] else None
     out.append(_fig("  torch.compile(reference) / ops", speed_c, "{:.1f}x"))
+    for B in (1, 64):  # the timed ops' own results (gpu_bench checks them before timing)
+        r = sel("ops", B)
+        if r and "indices_valid" in r:
+            ok = bool(r["indices_valid"] and r["tokens_equal_gather"])
+            value = (f"{'valid' if r['indices_valid'] else 'INVALID'} indices, "
+                     f"{100 * r['indices_equal_reference']:.1f}% = reference, "
+                     f"gather {'exact' if r['tokens_equal_gather'] else 'WRONG'}")
+            out.append({"figure": f"select+gather B={B}: results checked", "value": value,
+                        "target": "valid, gather exact", "met": ok})
     for prov in ("ops", "ops.cudagraph"):
         r = sel(prov, 64)
         out.append(_fig(f"select+gather B=64 {prov}: % of copy", r and r.get("pct_of_copy"), "{:.0f}%", ">= 80%",

@@ -239,7 +239,7 @@ def _select_rows():
         shape = {"B": B, "T": 2, "M": 576, "Dv": 1024, "D": 1024, "P": 768, "R": 192}
         rows.append(make_row("select+gather", provider, shape, torch.float16, _t(p50_ms), **extra))
 
-    add("ops", 0.020)
+    add("ops", 0.020, indices_valid=True, indices_equal_reference=0.995, tokens_equal_gather=True)
     add("ops.cudagraph", 0.008)
     add("ops.wall", 0.060)
     add("reference", 1.0)
@@ -254,6 +254,7 @@ def _select_rows():
 def test_summary_figures_against_targets():
     figs = {f["figure"].strip(): f for f in gpu_summary.figures(_select_rows())}
     assert figs["select+gather B=1, CUDA-graph replay"]["met"] is True  # 8 us <= 10
+    assert figs["select+gather B=1: results checked"]["value"] == "valid indices, 99.5% = reference, gather exact"
     assert figs["select+gather B=1, eager wall per call (ops)"]["met"] is False  # 60 us > 50
     assert figs["eager reference / ops"]["value"] == "50.0x" and figs["eager reference / ops"]["met"] is True
     assert figs["select+gather B=64 ops: % of copy"]["met"] is True
@@ -306,7 +307,7 @@ def test_gpu_bench_parts_tiny_on_cpu(tmp_path, monkeypatch):
     got = {(r["provider"], r["shape"]["B"]) for r in rows}
     assert {("ops", 1), ("ops.wall", 1), ("api", 1), ("api.wall", 1), ("reference", 1), ("ops", 2)} <= got
     assert ("reference", 2) not in got  # the reference only at B = 1
-    assert all(r["indices_equal_reference"] > 0.9 for r in rows)
+    assert all(r["indices_equal_reference"] > 0.9 and r["indices_valid"] and r["tokens_equal_gather"] for r in rows)
     ops1 = next(r for r in rows if r["provider"] == "ops" and r["shape"]["B"] == 1)
     assert ops1["speedup_vs_reference"] > 0 and ops1["bytes"] == 100 * (64 + 2 * 64) * 4
     # The compile step adds its row to the same file and finds the eager reference's time there.
