@@ -12,7 +12,9 @@ killed by its time box keeps every row measured before. Times are
 - ``select``: select + gather (fused_select + gather_tokens) at the CLIP ViT-L/14-336
   shapes of docs/design.md section 6 (M = 576, Dv = D = 1024, P = 768, T = 2, R = 192,
   fp16). B = 1: the eager ``reference``, ``ops`` (do_bench), ``ops.cudagraph`` (graph
-  replay), ``ops.wall``, ``api`` / ``api.wall`` (``litelvlm_kernels.prune``). B = 64
+  replay), ``ops.wall``, ``api`` / ``api.wall`` (``litelvlm_kernels.prune``); at both
+  sizes ``release`` (the release's eager rule, ``bench_select._release_fn``) when
+  bench_select has it, and ``speedup_vs_release``. B = 64
   (frames): ``ops``, ``ops.cudagraph``, ``ops.wall``, ``api``, ``api.wall`` with GB/s on the bytes that must be read (hidden +
   keys + values once) and % of a device-to-device copy timed in the same process
   (op ``d2d_copy``; docs/design.md section 7's 100% mark counts bytes read + written).
@@ -97,7 +99,7 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
         sink.add(make_row("d2d_copy", "torch.copy_", {"bytes": copy["bytes"]}, torch.float32,
                           {k: copy[k] for k in ("p50_ms", "p20_ms", "p80_ms")}, device=device, gbs=copy["gbs"]))
         _log(f"device-to-device copy: {copy['gbs']:.0f} GB/s (read + write)")
-    t_ref = {}
+    t_ref, t_rel = {}, {}
     for B in batches:
         x = clip_inputs(B, sh["T"], sh["M"], sh["Dv"], sh["D"], sh["P"], text_batch=1, dtype=dtype,
                         device=device, seed=B)
@@ -112,6 +114,9 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
             plan = [p for p in plan if p[2] != "graph"]
         if B == 1:  # first, for the speed-ups; at B = 64 its per-row Python loop would take the step's budget
             plan.insert(0, ("reference", bench_select._reference_fn(x, R), "bench"))
+        release = getattr(bench_select, "_release_fn", None)  # the release's eager rule (another helper's)
+        if release is not None:  # one image at a time in Python, ~ms a call: B = 64 fits the budget
+            plan.insert(0, ("release", release(x, R), "bench"))
         for name, fn, kind in plan:
             try:
                 t = _timed(fn, device, kind, rep_ms, tiny)
@@ -120,7 +125,11 @@ def run_select(device, sink: RowSink, *, tiny: bool = False, rep_ms: float = 100
                 continue
             if name == "reference":
                 t_ref[B] = t["p50_ms"]
-            _add_select_row(sink, name, _select_shape(sh, B), dtype, t, nbytes, t_ref.get(B), copy, device, check)
+            if name == "release":
+                t_rel[B] = t["p50_ms"]
+            more = {"speedup_vs_release": t_rel[B] / t["p50_ms"]} if B in t_rel else {}
+            _add_select_row(sink, name, _select_shape(sh, B), dtype, t, nbytes, t_ref.get(B), copy, device, check,
+                            **more)
         del x, folded, ops, api
         if cuda:
             torch.cuda.empty_cache()

@@ -67,6 +67,10 @@ def figures(rows: list[dict]) -> list[dict]:
     out.append(_fig("  eager reference / ops graph replay", speed_g, "{:.1f}x"))
     speed_c = p50["reference.compile"] / p50["ops"] if p50["reference.compile"] and p50["ops"] else None
     out.append(_fig("  torch.compile(reference) / ops", speed_c, "{:.1f}x"))
+    for B in (1, 64):
+        rel, ops_b = sel("release", B), sel("ops", B)
+        if rel and ops_b:
+            out.append(_fig(f"  release's eager rule / ops, B={B}", rel["p50_ms"] / ops_b["p50_ms"], "{:.1f}x"))
     for B in (1, 64):  # the timed ops' own results (gpu_bench checks them before timing)
         r = sel("ops", B)
         if r and "indices_valid" in r:

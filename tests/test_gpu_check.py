@@ -243,6 +243,7 @@ def _select_rows():
     add("ops.cudagraph", 0.008)
     add("ops.wall", 0.060)
     add("reference", 1.0)
+    add("release", 4.0)
     add("ops", 0.05, B=64, pct_of_copy=85.0, gbs=2400.0)
     rows.append(make_row("gather_tokens", "litelvlm", {"B": 64, "M": 576, "C": 4096, "R": 192}, torch.float16,
                          _t(0.1), pct_of_copy=70.0))
@@ -258,6 +259,7 @@ def test_summary_figures_against_targets():
     assert figs["select+gather B=1, eager wall per call (ops)"]["met"] is False  # 60 us > 50
     assert figs["eager reference / ops"]["value"] == "50.0x" and figs["eager reference / ops"]["met"] is True
     assert figs["select+gather B=64 ops: % of copy"]["met"] is True
+    assert figs["release's eager rule / ops, B=1"]["value"] == "200.0x"
     assert figs["gather B=64 C=4096 R=192: % of copy"]["met"] is False  # 70% < 85%
     assert figs["gather B=1 C=4096: torch.gather / litelvlm"]["met"] is True
     missing = figs["prefill 192+64 / 576+64"]
