@@ -3,7 +3,7 @@
 Pure Python (no torch import): use it to say what pruning visual tokens saves
 in the LLM, the part of an LVLM that dominates its prefill cost.
 
-Counting rule (DESIGN.md section 7). With ``h`` the hidden size, ``h_ff`` the
+Counting rule (docs/design.md section 7). With ``h`` the hidden size, ``h_ff`` the
 MLP's intermediate size, ``d = head_dim`` (``h // heads`` unless the config
 gives it), ``h_q = heads * d`` (``= h`` for LLaMA/Vicuna/Qwen2) and
 ``h_kv = kv_heads * d``, one decoder layer fed ``n`` tokens costs::

@@ -25,6 +25,7 @@ them, and weights and config are never touched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from typing import Any
@@ -318,8 +319,10 @@ class LiteLVLMPatch:
         self._orig_forward = model.forward
         self._orig_generate = model.generate
         self._forward_sig = inspect.signature(self._orig_forward)
-        model.forward = self._forward
-        model.generate = self._generate
+        # functools.wraps: inspect.signature(model.forward) must stay the stock one, since generate()
+        # reads it to decide what to pass (logits_to_keep, position_ids, cache_position in 4.x).
+        model.forward = _same_signature(self._orig_forward, self._forward)
+        model.generate = _same_signature(self._orig_generate, self._generate)
         model._litelvlm_patch = self
 
     @property
@@ -366,6 +369,13 @@ class LiteLVLMPatch:
 
     def __exit__(self, *exc):
         self.disable()
+
+
+def _same_signature(orig, impl):
+    @functools.wraps(orig)
+    def call(*args, **kwargs):
+        return impl(*args, **kwargs)
+    return call
 
 
 def _reexpand(out, stock_ids: torch.Tensor, new_len: int):
