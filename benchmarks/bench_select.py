@@ -9,12 +9,19 @@ CLIP ViT-L/14-336) to the kept indices AND the gathered tokens [B, R, Dv]:
   token, sorts, unique / isin per row) + ``torch.gather``, eager;
 - ``reference.compile``: the same function under ``torch.compile`` (default mode; the
   reference's per-row Python loop graph-breaks, which is what a user would get);
+- ``release``: the public release's eager rule (``benchmarks/release_rule.py``): one image
+  at a time, every token layer-normed and projected, sort, unique / isin, host syncs;
 - ``ops``: ``torch.ops.litelvlm.fused_select`` on the folded text + ``gather_tokens``.
   On CUDA that is one Triton launch (plus the row counters' memset) and the gather
   kernel; on the CPU the lead's batched fast path;
 - ``api``: ``litelvlm_kernels.prune`` with a FoldedText (the wrapper users call:
   argument checks included);
 - ``ops.cudagraph`` (CUDA only): ``ops`` replayed from a CUDA graph, launch overhead out.
+
+``--vs-release`` (issue 13's target): ``release`` vs ``api``, ``api.raw`` (prune on raw text
+embeddings, folded inside the call) and ``ops`` at ViT-L/14-336, B in {1, 64}, R = 192 only;
+rows carry ``speedup_vs_release`` and ``us_per_image``, and go to
+``benchmarks/results/select-vs-release-<device>.json`` with a markdown table beside it (.md).
 
 fold_text is done once outside the timed region (a text is folded once and reused).
 Grid: B in {1, 8, 64}, M in {576, 2880}, R in {64, 192}; fp16 on CUDA, fp32 on the CPU.
@@ -38,6 +45,7 @@ import sys
 import torch
 
 from benchmarks.common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
+from benchmarks.release_rule import release_prune
 
 import litelvlm_kernels as lk
 import litelvlm_kernels.ops  # noqa: F401  (registers torch.ops.litelvlm)
@@ -53,6 +61,22 @@ def _reference_fn(x, R):
                                     x.keys, x.values, R)
         tokens = torch.gather(x.hidden, 1, idx.unsqueeze(-1).expand(-1, -1, x.hidden.shape[-1]))
         return idx, tokens
+
+    return run
+
+
+def _release_fn(x, R):
+    """The public release's eager rule (benchmarks/release_rule.py): the baseline of issue 13's 10x target."""
+    args = (x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias, x.q_cls, x.keys, x.values, R)
+    return lambda: release_prune(*args)
+
+
+def _api_raw_fn(x, R):
+    """lk.prune on raw text embeddings: the text is folded inside every call."""
+    def run():
+        r = lk.prune(x.hidden, x.text_embeds, x.q_cls, x.keys, x.values, num_retain=R, proj_weight=x.proj_weight,
+                     ln_weight=x.ln_weight, ln_bias=x.ln_bias)
+        return r.indices, r.tokens
 
     return run
 
@@ -97,6 +121,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-gb", type=float, default=1.0, help="CPU: skip shapes with more input GB than this")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) provider")
     ap.add_argument("--rep-ms", type=float, default=200.0)
+    ap.add_argument("--vs-release", action="store_true",
+                    help="issue 13's target: the release's eager rule vs prune at ViT-L/14-336, B in {1, 64}, R = 192; "
+                         "writes select-vs-release-<device>.json and .md")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds per shape (default 3 on the CPU, 1 on CUDA)")
     args = ap.parse_args(argv)
@@ -111,6 +138,8 @@ def main(argv=None) -> int:
     Bs = [1, 8] if args.quick else [1, 8, 64]
     Ms = [576] if args.quick else [576, 2880]
     Rs = [64, 192]
+    if args.vs_release:
+        Bs, Ms, Rs = [1, 64], [576], [192]
     shape0 = dict(CLIP_L14_336)
     Dv, D, P = shape0["Dv"], shape0["D"], shape0["P"]
 
@@ -128,10 +157,14 @@ def main(argv=None) -> int:
             continue
         x = clip_inputs(B, T_TEXTS, M, Dv, D, P, text_batch=1, dtype=dtype, device=device, seed=B + M + R)
         folded = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
-        providers = [("reference", _reference_fn(x, R))]
-        if not args.no_compile:
-            providers.append(("reference.compile", _compiled_reference_fn(x, R)))
-        providers += [("ops", _ops_fn(x, folded, R)), ("api", _api_fn(x, folded, R))]
+        if args.vs_release:
+            providers = [("release", _release_fn(x, R)), ("api", _api_fn(x, folded, R)),
+                         ("api.raw", _api_raw_fn(x, R)), ("ops", _ops_fn(x, folded, R))]
+        else:
+            providers = [("reference", _reference_fn(x, R)), ("release", _release_fn(x, R))]
+            if not args.no_compile:
+                providers.append(("reference.compile", _compiled_reference_fn(x, R)))
+            providers += [("ops", _ops_fn(x, folded, R)), ("api", _api_fn(x, folded, R))]
         # Interleaved rounds (every provider once per round, median of the rounds'
         # quantiles): a burst of load on a shared machine hits every provider alike.
         per_round = {}
@@ -149,11 +182,15 @@ def main(argv=None) -> int:
             except Exception as e:
                 print(f"ops.cudagraph {shape}: {type(e).__name__}: {e}", file=sys.stderr)
         t_ref = timings.get("reference", {}).get("p50_ms")
+        t_release = timings.get("release", {}).get("p50_ms")
         for name, t in timings.items():
             gbs = nbytes / (t["p50_ms"] * 1e-3) / 1e9
             extra = dict(gbs=gbs, bytes=nbytes)
             if t_ref:
                 extra["speedup_vs_reference"] = t_ref / t["p50_ms"]
+            if t_release:
+                extra["speedup_vs_release"] = t_release / t["p50_ms"]
+                extra["us_per_image"] = 1e3 * t["p50_ms"] / B
             if copy_gbs:
                 extra["copy_gbs"] = copy_gbs
                 extra["pct_of_copy"] = 100.0 * gbs / copy_gbs
@@ -163,11 +200,23 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{name:18s} B={B:<3d} M={M:<5d} R={R:<4d} p50 {t['p50_ms'] * 1e3:10.1f} us  "
                   f"{gbs:8.1f} GB/s  x{extra.get('speedup_vs_reference', float('nan')):.1f} vs reference"
+                  + (f"  x{extra['speedup_vs_release']:.1f} vs release" if t_release else "")
                   + (f"  {extra['pct_of_copy']:.0f}% of copy" if copy_gbs else ""))
         del x, folded
         if cuda:
             torch.cuda.empty_cache()
 
+    if args.vs_release:
+        path = write_rows(rows, "select-vs-release", device=device)
+        table = markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "p20_ms", "p80_ms", "us_per_image",
+                                      "speedup_vs_release"])
+        with open(path[: -len(".json")] + ".md", "w") as f:
+            f.write(f"select + gather, {rows[0]['device'] if rows else device}, {dtype}, torch {torch.__version__}, "
+                    f"{args.rounds} interleaved rounds (median); release = benchmarks/release_rule.py\n\n"
+                    f"{table}\n")
+        print(table)
+        print(f"wrote {len(rows)} rows to {path} and its .md table")
+        return 0
     path = write_rows(rows, "select", device=device)
     print(markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "gbs", "speedup_vs_reference"]
                          + (["pct_of_copy"] if copy_gbs else [])))
