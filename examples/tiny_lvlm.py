@@ -81,7 +81,9 @@ def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa"):
     with ``clip``'s vision weights in its tower."""
     torch.manual_seed(seed)
     common = dict(vision_config=vision_config(), text_config=text_config(), image_token_index=IMAGE_TOKEN,
-                  vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
+                  vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                  # transformers 4.4x treat fewer placeholders than these as "not expanded by the processor"
+                  image_seq_length=M, video_seq_length=(IMAGE // PATCH // 2) ** 2)
     if family == "llava":
         cfg, cls = transformers.LlavaConfig(**common), transformers.LlavaForConditionalGeneration
     elif family == "llava_next":

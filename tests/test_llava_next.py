@@ -50,9 +50,13 @@ def stock_pack(model, per_image_tensors):
     """The stock model's packing of per-image [views, M, C] tensors (newline: zeros)."""
     inner = lm.inner(model)
     C = per_image_tensors[0].shape[-1]
-    packed, _ = inner.pack_image_features(list(per_image_tensors), SIZES, "default",
-                                          image_newline=torch.zeros(C))
-    return packed
+    return _per_image(*inner.pack_image_features(list(per_image_tensors), SIZES, "default",
+                                                 image_newline=torch.zeros(C)))
+
+
+def _per_image(packed, lens):
+    """transformers >= 4.46 return one tensor per image, 4.45 one concatenated tensor and the lengths."""
+    return packed.split(lens.tolist()) if isinstance(packed, torch.Tensor) else packed
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +127,8 @@ def test_next_pruned_equals_hand_built(next_model, next_batch, budget, newline):
         feats = inner.multi_modal_projector(lm.select_layer_states(next_model, px))
         starts = [0, *torch.tensor(V).cumsum(0).tolist()]
         newline_param = inner.image_newline
-        packed, _ = inner.pack_image_features(list(feats.split(V)), SIZES, "default", image_newline=newline_param)
+        packed = _per_image(*inner.pack_image_features(list(feats.split(V)), SIZES, "default",
+                                                       image_newline=newline_param))
         hand, counts = [], []
         for i in range(3):
             valid = torch.zeros(V[i], M, dtype=torch.bool)
