@@ -51,6 +51,7 @@ class Case:
     value_scale: float  # hidden's magnitude
     layouts: dict  # tensor name -> one of LAYOUTS
     hazards: list  # (kind, details...) tuples, applied in build()
+    repeat: bool = False  # call the op twice: results must be bit-identical run to run (design section 2)
     illegal: tuple | None = None  # (argument, bad value or description) for a draw that must raise
 
     def describe(self) -> str:
@@ -177,6 +178,7 @@ def draw(seed: int) -> Case:
         folded=rng.random() < 0.5, return_tokens=rng.random() < 0.8,
         value_scale=10 ** rng.uniform(-2, 1.3), layouts=layouts,
         hazards=_hazards(rng, target, B, M, T, Dv, D))
+    case.repeat = threads > 1 or rng.random() < 0.05
     if rng.random() < 0.05:
         from _fuzz_illegal import make_illegal  # lazy: only these draws need it
 

@@ -6,6 +6,7 @@ num_similarity == from_similarity.sum(1), and equality with the reference:
 - ``fused_select`` and ``prune`` on raw CLIP-shaped tensors: equal, except swaps at
   near-ties that ``litelvlm_kernels.testing.assert_selection_close`` accepts, with the
   tolerances below; ``prune``'s tokens are exactly hidden at the kept indices.
+Cases drawn with ``repeat`` call the op twice: the results must be bit-identical.
 For an illegal draw: ValueError or TypeError whose message names the argument.
 """
 
@@ -113,6 +114,12 @@ def _run_case(case: Case) -> list:
         return []
     out = _invoke(case, dict(kw))
     got = (out.indices, out.num_similarity, out.from_similarity) if case.target == "prune" else tuple(out)
+    if case.repeat:
+        again = _invoke(case, dict(kw))
+        for x, y in zip(out, again):
+            assert (x is None and y is None) or torch.equal(x.view(torch.uint8) if x.is_floating_point() else x,
+                                                            y.view(torch.uint8) if y.is_floating_point() else y), \
+                "two calls on the same inputs gave different results (docs/design.md section 2: bit-identical)"
     nt = t.get("num_texts")
     if case.target == "select_tokens":
         _check_outputs(case, got, case.M)
