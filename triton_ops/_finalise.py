@@ -22,6 +22,7 @@ if _HAS_TRITON:
 
     from ._finalise_chunked import _finalise_chunked, _rank_recovered
     from ._keys import SENTINEL, _ascending_key, _descending_key, _kth_key, _member, _tie_index
+    from ._tiles import _nan_to_inf
 
     @triton.jit
     def _finalise_single(
@@ -43,9 +44,7 @@ if _HAS_TRITON:
             c = vn
         else:
             lg = tl.load(l_row + offs, mask=valid, other=float("-inf"), cache_modifier=".cg")
-            nan = tl.sum((lg != lg).to(tl.int32), axis=0)
-            mx = tl.max(tl.where(lg == lg, lg, float("-inf")), axis=0)
-            mx = tl.where(nan > 0, float("nan"), mx)
+            mx = tl.max(_nan_to_inf(lg), axis=0)
             se = tl.sum(tl.where(valid, tl.exp(lg - mx), 0.0), axis=0)
             c = tl.exp(lg - mx) / se * vn
         # Bottom-k of G texts at a time: one [G, BLOCK_F] key tile, one histogram per pass.
@@ -69,13 +68,16 @@ if _HAS_TRITON:
         I = _tie_index(rkey, sim_row, M, V, need, at, 1, BLOCK_F, True)
         in_r = tl.reshape(_member(rkey, offs[None, :], V[:, None], I[:, None]), [BLOCK_F]) & valid
         if OFFICIAL:
+            # One scan gives both output positions: recovered tokens count in the low 16 bits,
+            # S in the high bits (BLOCK_F <= 4096 < 2**16). nR = kR exactly (k never exceeds
+            # the eligible tokens), so no reduction is needed for it.
+            cum = tl.cumsum(in_r.to(tl.int32) | (in_s.to(tl.int32) << 16), axis=0)
+            nR = tl.max(kR, axis=0)
             key = tl.reshape(rkey, [BLOCK_F])
-            pos = tl.cumsum(in_r.to(tl.int32), axis=0) - 1
-            tl.store(list_row + pos, (key.to(tl.int64) << 32) | offs.to(tl.int64), mask=in_r)
-            nR = tl.sum(in_r.to(tl.int32), axis=0)
+            tl.store(list_row + (cum & 0xFFFF) - 1, (key.to(tl.int64) << 32) | offs.to(tl.int64), mask=in_r)
             tl.debug_barrier()
             _rank_recovered(list_row, nR, o_row, f_row, R, RB)
-            pos = nR + tl.cumsum(in_s.to(tl.int32), axis=0) - 1
+            pos = nR + (cum >> 16) - 1
             om = in_s & (pos < R)
             tl.store(o_row + pos, offs.to(tl.int64), mask=om)
             tl.store(f_row + pos, tl.full([BLOCK_F], 1, tl.int8), mask=om)

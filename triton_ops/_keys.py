@@ -70,16 +70,20 @@ if _HAS_TRITON:
             return tl.histogram(bins, G * 256, mask=tl.reshape(match, [G * BLOCK_F]))
 
     @triton.jit
+    def _pick3(d1, b1, f1, d2, b2, f2):
+        return d1 + d2, tl.maximum(b1, b2), tl.minimum(f1, f2)
+
+    @triton.jit
     def _pick_digit(h, need, G: tl.constexpr):
         """Per row: the digit d where the running count reaches need, the count of keys
-        below it, and the count at it (small [G, 256] scans, not over the row)."""
-        h2 = tl.reshape(h, [G, 256])
-        cum = tl.cumsum(h2, axis=1)
+        below it and the count at it. Two small steps over the [G, 256] bins (a scan and
+        one 3-operand reduction), none over the row."""
+        cum = tl.cumsum(tl.reshape(h, [G, 256]), axis=1)
         lt = cum < need[:, None]
-        d = tl.sum(lt.to(tl.int32), axis=1)
-        below = tl.sum(tl.where(lt, h2, 0), axis=1)
-        at = tl.sum(tl.where(tl.arange(0, 256)[None, :] == d[:, None], h2, 0), axis=1)
-        return d, below, at
+        # d = #bins below, below = cum[d - 1], cum[d] = the first running count >= need.
+        d, below, upto = tl.reduce((lt.to(tl.int32), tl.where(lt, cum, 0), tl.where(lt, 2147483647, cum)),
+                                   1, _pick3)
+        return d, below, upto - below
 
     @triton.jit
     def _kth_key(keys, k_ptr, M, k, G: tl.constexpr, BLOCK_F: tl.constexpr, SINGLE: tl.constexpr):

@@ -96,20 +96,24 @@ if _HAS_TRITON:
         tl.store(vn_row + offs_m, vnorm, mask=mask_m)
 
     @triton.jit
+    def _nan_to_inf(x):
+        """The softmax max with NaN mapped to +inf: a NaN logit then makes every
+        exp(l - max) / sum NaN, as torch.softmax does (and as a +inf logit does), with one
+        reduction instead of a max and a NaN count."""
+        return tl.where(x != x, float("inf"), x)
+
+    @triton.jit
     def _row_softmax_stats(l_ptr, M, BLOCK_F: tl.constexpr):
         """Max and sum of exp(l - max) over one row of M fp32 logits in scratch, chunk by chunk
-        in a fixed order (deterministic). A NaN anywhere makes the max NaN (as torch.softmax:
-        the whole row becomes NaN)."""
+        in a fixed order (deterministic). A NaN (or +inf) anywhere makes the whole row of
+        the softmax NaN, as torch.softmax."""
         ar = tl.arange(0, BLOCK_F)
         mx = tl.full([BLOCK_F], float("-inf"), tl.float32)
-        nan = tl.zeros([BLOCK_F], dtype=tl.int32)
         for c0 in range(0, M, BLOCK_F):
             offs = c0 + ar
             lg = tl.load(l_ptr + offs, mask=offs < M, other=float("-inf"), cache_modifier=".cg")
-            nan += (lg != lg).to(tl.int32)
-            mx = tl.maximum(mx, tl.where(lg == lg, lg, float("-inf")))
+            mx = tl.maximum(mx, _nan_to_inf(lg))
         m = tl.max(mx, axis=0)
-        m = tl.where(tl.sum(nan, axis=0) > 0, float("nan"), m)
         se = tl.zeros([BLOCK_F], dtype=tl.float32)
         for c0 in range(0, M, BLOCK_F):
             offs = c0 + ar
