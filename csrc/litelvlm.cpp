@@ -1,10 +1,11 @@
-// The `litelvlm` operator library: schemas of the C++ ops and the Python module stub.
+// The `litelvlm` operator library: every schema of the namespace, and the Python module stub.
 //
-// Only `gather_tokens` is defined here (C++). The other ops of the namespace
-// (fold_text, text_similarity, ...) are Python `torch.library.custom_op`s; those
-// register through a library *fragment*, so they coexist with this
-// TORCH_LIBRARY block as long as `litelvlm_kernels._C` is imported first (the
-// Python package does that on import).
+// Each schema is written once, here (docs/design.md section 4 lists them). Kernels register per
+// backend elsewhere: the CPU kernels in C++ (fused_select_cpu.cpp, gather_tokens.cpp), the CUDA
+// gather in csrc/cuda/, the Triton CUDA kernels and the torch-composed default of the selection
+// ops from Python (litelvlm_kernels/ops/), with the fake (meta) impls beside them. The strings
+// are the ones torch.library.custom_op inferred when these ops were Python ops (int -> SymInt),
+// so the public schemas did not change when they moved here.
 //
 // No torch/extension.h (pybind11) here: `_C` only needs to be an importable
 // module whose loading runs the static registrations below. A hand-written
@@ -34,6 +35,18 @@ PyMODINIT_FUNC PyInit__C(void) {
 }
 
 TORCH_LIBRARY(litelvlm, m) {
+  // Selection ops (docs/design.md sections 1-4). Shapes: text_embeds [Bt, T, P], proj_weight
+  // [P, Dv], hidden [B, M, Dv], w [Bt, T, Dv], b [Bt, T], q_cls [B, D], keys / values [B, M, D],
+  // s [B, T, M], c [B, M], num_texts [B]; Bt in {1, B}. Outputs: w, b, s, c fp32; indices
+  // [B, R'] int64, num_similarity [B] int32, from_similarity [B, R'] bool, R' = min(R, M).
+  m.def("fold_text(Tensor text_embeds, Tensor proj_weight, Tensor ln_weight, Tensor ln_bias) -> (Tensor, Tensor)");
+  m.def("text_similarity(Tensor hidden, Tensor w, Tensor b, float ln_eps) -> Tensor");
+  m.def("cls_contribution(Tensor q_cls, Tensor keys, Tensor values, float? scale=None) -> Tensor");
+  m.def("select_tokens(Tensor s, Tensor c, SymInt num_retain, SymInt min_votes=1, SymInt k_per_text=0, "
+        "str order=\"official\", Tensor? num_texts=None) -> (Tensor, Tensor, Tensor)");
+  m.def("fused_select(Tensor hidden, Tensor w, Tensor b, float ln_eps, Tensor q_cls, Tensor keys, "
+        "Tensor values, SymInt num_retain, SymInt min_votes=1, SymInt k_per_text=0, str order=\"official\", "
+        "Tensor? num_texts=None, float? scale=None) -> (Tensor, Tensor, Tensor)");
   // tokens [B, M, C] (any dtype, any strides), indices [B, R] int32/int64
   // -> out [B, R, C] contiguous, out[b, r] = tokens[b, indices[b, r]].
   m.def("gather_tokens(Tensor tokens, Tensor indices) -> Tensor");

@@ -1,4 +1,4 @@
-"""The Python API: ``fold_text`` and ``prune`` (DESIGN.md section 4)."""
+"""The Python API: ``fold_text`` and ``prune`` (docs/design.md section 4)."""
 
 from __future__ import annotations
 
@@ -32,23 +32,33 @@ class PruneResult(NamedTuple):
 
 def fold_text(text_embeds: torch.Tensor, proj_weight: torch.Tensor, ln_weight: torch.Tensor,
               ln_bias: torch.Tensor) -> FoldedText:
-    """Fold [EOS] embeddings [Bt, T, P] once; the result is independent of the image."""
+    """Fold [EOS] embeddings once; the result is independent of the image (docs/design.md section 3).
+
+    Parameters
+    ----------
+    text_embeds : Tensor [Bt, T, P]
+        CLIP text [EOS] embeddings after the text projection.
+    proj_weight : Tensor [P, Dv]
+        The vision tower's ``visual_projection.weight`` (nn.Linear layout).
+    ln_weight, ln_bias : Tensor [Dv]
+        The vision tower's post-layernorm affine parameters.
+
+    Returns
+    -------
+    FoldedText
+        w [Bt, T, Dv] and b [Bt, T], fp32: reuse across images, tiles and frames.
+
+    Examples
+    --------
+    >>> import litelvlm_kernels as lk
+    >>> from litelvlm_kernels.synthetic import clip_inputs
+    >>> x = clip_inputs(1, 2, 16, 32, 16, 8, seed=0)
+    >>> text = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
+    >>> tuple(text.w.shape), tuple(text.b.shape)
+    ((1, 2, 32), (1, 2))
+    """
     w, b = ops.fold_text(text_embeds, proj_weight, ln_weight, ln_bias)
     return FoldedText(w, b)
-
-
-def _min_votes(multi_text) -> int:
-    if isinstance(multi_text, bool):
-        raise TypeError("multi_text must be 'union', 'intersection' or an int min_votes, got a bool")
-    if multi_text == "union":
-        return 1
-    if multi_text == "intersection":
-        return 0
-    if isinstance(multi_text, int):
-        if multi_text < 0:
-            raise ValueError(f"multi_text as min_votes must be >= 0 (0 = intersection), got {multi_text}")
-        return multi_text
-    raise ValueError(f"multi_text must be 'union', 'intersection' or an int min_votes, got {multi_text!r}")
 
 
 def _as_folded(text, proj_weight, ln_weight, ln_bias) -> FoldedText:
@@ -73,41 +83,62 @@ def prune(hidden: torch.Tensor, text: Union[torch.Tensor, FoldedText], q_cls: to
           return_tokens: bool = True) -> PruneResult:
     """Keep ``num_retain`` of the M patch tokens of each row (image, tile or frame).
 
-    hidden [B, M, Dv]: select-layer hidden states without [CLS]; text: [EOS]
-    embeddings [B or 1, T, P] (then proj_weight [P, Dv], ln_weight/ln_bias [Dv]
-    are required) or a FoldedText; q_cls [B, D]: [CLS]'s last-layer query;
-    keys/values [B, M, D]: last-layer patch keys and values.
-    Every argument is checked (shapes, dtypes, devices) before any kernel runs.
-    """
-    if not isinstance(num_retain, int) or isinstance(num_retain, bool):
-        raise TypeError(f"num_retain must be an int, got {type(num_retain).__name__}")
-    if num_retain <= 0:
-        raise ValueError(f"num_retain must be > 0, got {num_retain}")
-    if k_per_text is not None and (not isinstance(k_per_text, int) or isinstance(k_per_text, bool)
-                                   or k_per_text <= 0):
-        raise ValueError(f"k_per_text must be None or an int > 0, got {k_per_text!r}")
-    if order not in V.ORDERS:
-        raise ValueError(f"order must be one of {V.ORDERS}, got {order!r}")
-    if not isinstance(ln_eps, (int, float)) or isinstance(ln_eps, bool) or not ln_eps >= 0:
-        raise ValueError(f"ln_eps must be a float >= 0, got {ln_eps!r}")
-    min_votes = _min_votes(multi_text)
-    V.check_tensor("hidden", hidden, 3)
-    V.check_tensor("q_cls", q_cls, 2)
-    V.check_tensor("keys", keys, 3)
-    V.check_tensor("values", values, 3)
-    B, M, Dv = hidden.shape
-    if tuple(keys.shape[:2]) != (B, M):
-        raise ValueError(f"keys must have shape [B, M, D] with [B, M]=[{B}, {M}] (hidden's), got {tuple(keys.shape)}")
-    folded = _as_folded(text, proj_weight, ln_weight, ln_bias)
-    if folded.w.shape[0] not in (1, B):
-        raise ValueError(f"text batch {folded.w.shape[0]} must be 1 (shared text) or B={B} (hidden's batch)")
-    if folded.w.shape[2] != Dv:
-        raise ValueError(f"text folds to Dv={folded.w.shape[2]} but hidden has Dv={Dv}")
-    V.check_fused_inputs(hidden, folded.w, folded.b, ln_eps, q_cls, keys, values, scale, num_texts)
-    V.check_select_args(folded.w.shape[1], M, num_retain, min_votes, k_per_text or 0, order)
+    Parameters
+    ----------
+    hidden : Tensor [B, M, Dv]
+        Select-layer hidden states without [CLS] (fp32, fp16 or bf16; any strides).
+    text : Tensor [B or 1, T, P] or FoldedText
+        [EOS] text embeddings (then ``proj_weight`` [P, Dv], ``ln_weight`` and ``ln_bias`` [Dv]
+        are required) or the result of :func:`fold_text` (reused, no per-call folding).
+    q_cls : Tensor [B, D]
+        [CLS]'s last-layer query.
+    keys, values : Tensor [B, M, D]
+        Last-layer patch keys and values.
+    num_retain : int > 0
+        R; each row keeps R' = min(R, M) tokens.
+    multi_text : "union", "intersection" or int
+        How the texts' bottom-k sets combine (an int is ``min_votes``).
+    k_per_text : int > 0, optional
+        Tokens per text (default R' // num_texts).
+    num_texts : Tensor [B] int32/int64, optional
+        Texts in use per row (clamped to [0, T]).
+    order : "official" or "spatial"
+    scale : float, optional
+        [CLS] softmax scale (default 1/sqrt(D)).
+    return_tokens : bool
+        Gather the kept hidden states (else ``tokens`` is None).
 
-    indices, num_sim, from_sim = ops.fused_select(
+    Returns
+    -------
+    PruneResult
+        indices [B, R'] int64, tokens [B, R', Dv] or None, num_similarity [B] int32,
+        from_similarity [B, R'] bool.
+
+    Every argument is checked (shapes, dtypes, devices) before any kernel runs, once: ``prune``
+    checks only its own rules (R > 0, k_per_text, multi_text, the kind of ``text``) and the op
+    checks the tensors (ValueError / TypeError naming the argument).
+
+    Examples
+    --------
+    >>> import litelvlm_kernels as lk
+    >>> from litelvlm_kernels.synthetic import clip_inputs
+    >>> x = clip_inputs(2, 2, 64, 32, 16, 16, seed=0)
+    >>> text = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
+    >>> out = lk.prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=16)
+    >>> tuple(out.indices.shape), tuple(out.tokens.shape)
+    ((2, 16), (2, 16, 32))
+    """
+    V.check_prune_args(num_retain, k_per_text, order, ln_eps, scale)
+    min_votes = V.min_votes_of(multi_text)
+    V.check_prune_tensors(hidden=hidden, q_cls=q_cls, keys=keys, values=values, num_texts=num_texts)
+    folded = _as_folded(text, proj_weight, ln_weight, ln_bias)
+    indices, num_sim, from_sim = _FUSED_SELECT(
         hidden, folded.w, folded.b, float(ln_eps), q_cls, keys, values, num_retain, min_votes,
         k_per_text or 0, order, num_texts, None if scale is None else float(scale))
-    tokens = ops.gather_tokens(hidden, indices) if return_tokens else None
+    tokens = _GATHER(hidden, indices) if return_tokens else None
     return PruneResult(indices, tokens, num_sim, from_sim)
+
+
+# The ops' default overloads: indices come from the op, so the gather needs no Python-side checks.
+_FUSED_SELECT = ops.fused_select
+_GATHER = torch.ops.litelvlm.gather_tokens.default

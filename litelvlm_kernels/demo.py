@@ -13,6 +13,7 @@ import time
 import torch
 
 from . import fold_text, prune, reference
+from ._validate import min_votes_of
 from .synthetic import CLIP_L14_336, clip_inputs
 
 
@@ -40,7 +41,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=10)
     args = p.parse_args(argv)
     multi = int(args.multi_text) if args.multi_text.lstrip("-").isdigit() else args.multi_text
-    min_votes = {"union": 1, "intersection": 0}.get(multi, multi)
+    min_votes = min_votes_of(multi)
 
     x = clip_inputs(B=args.batch, T=args.texts, dtype=getattr(torch, args.dtype), device=args.device,
                     **CLIP_L14_336)

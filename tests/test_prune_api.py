@@ -123,3 +123,81 @@ def test_torch_compile_fullgraph(dynamic):
         want = _prune_fn(x.hidden, w, b, x.q_cls, x.keys, x.values)
         for g, e in zip(got, want):
             assert torch.equal(g, e)
+
+
+# -- each rule is written once per language: C++ (CPU kernels) and Python (fakes, CUDA, default) ----
+
+def _fused_args(x, **over):
+    w, b = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
+    a = dict(hidden=x.hidden, w=w, b=b, ln_eps=1e-5, q_cls=x.q_cls, keys=x.keys, values=x.values, num_retain=8,
+             min_votes=1, k_per_text=0, order="official", num_texts=None, scale=None)
+    a.update(over)
+    return a
+
+
+OP_BAD = [  # overrides of fused_select's arguments, exception, text that must appear
+    ({"num_retain": -1}, ValueError, "num_retain"),
+    ({"num_retain": 1}, ValueError, "T=2"),
+    ({"min_votes": -2}, ValueError, "min_votes"),
+    ({"k_per_text": -1}, ValueError, "k_per_text"),
+    ({"k_per_text": 5}, ValueError, "k_per_text"),
+    ({"order": "raster"}, ValueError, "order"),
+    ({"ln_eps": -1.0}, ValueError, "ln_eps"),
+    ({"ln_eps": float("nan")}, ValueError, "ln_eps"),
+    ({"hidden": torch.zeros(2, 20)}, ValueError, "hidden"),
+    ({"hidden": torch.zeros(2, 20, 16, dtype=torch.float64)}, TypeError, "hidden"),
+    ({"hidden": torch.zeros(3, 20, 16)}, ValueError, "hidden"),
+    ({"hidden": torch.zeros(2, 20, 15)}, ValueError, "Dv"),
+    ({"w": torch.zeros(2, 2, 16, dtype=torch.int32)}, TypeError, "w must"),
+    ({"b": torch.zeros(2, 3)}, ValueError, "b must"),
+    ({"q_cls": torch.zeros(2, 9)}, ValueError, "q_cls"),
+    ({"keys": torch.zeros(2, 21, 8)}, ValueError, "keys"),
+    ({"values": torch.zeros(2, 20, 9)}, ValueError, "values"),
+    ({"values": torch.zeros(2, 20, 8, dtype=torch.int64)}, TypeError, "values"),
+    ({"num_texts": torch.ones(2)}, TypeError, "num_texts"),
+    ({"num_texts": torch.ones(3, dtype=torch.int64)}, ValueError, "num_texts"),
+    ({"num_texts": torch.ones(2, 1, dtype=torch.int32)}, ValueError, "num_texts"),
+]
+
+
+@pytest.mark.parametrize("over,exc,text", OP_BAD)
+def test_cpp_and_python_rules_agree(x, over, exc, text):
+    """The CPU kernel's C++ checks, the Python default kernel's and the fake's raise the same error."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from litelvlm_kernels.ops import selection
+
+    args = _fused_args(x, **over)
+    with pytest.raises(exc, match=text):
+        torch.ops.litelvlm.fused_select(**args)  # C++ (select_checks.cpp)
+    with pytest.raises(exc, match=text):
+        selection._fused_select_default(**args)  # Python (_validate.py), as on CUDA
+    with FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        with pytest.raises(exc, match=text):
+            torch.ops.litelvlm.fused_select(**fake)  # the fake impl
+
+
+def test_fold_text_rules_agree(x):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from litelvlm_kernels.ops import selection
+
+    bad = (x.text_embeds, x.proj_weight, torch.ones(7), x.ln_bias)
+    with pytest.raises(ValueError, match="ln_weight"):
+        torch.ops.litelvlm.fold_text(*bad)
+    with pytest.raises(ValueError, match="ln_weight"):
+        selection._fold_text_default(*bad)
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match="ln_weight"):
+        torch.ops.litelvlm.fold_text(*(mode.from_tensor(t) for t in bad))
+
+
+def test_num_retain_zero_and_empty_rows_through_the_op():
+    """The ops accept num_retain = 0 (with T = 0) and M = 0: empty outputs, |S| = 0."""
+    x = clip_inputs(3, 0, 10, 16, 8, 12, seed=4)
+    w, b = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
+    idx, ns, fs = torch.ops.litelvlm.fused_select(x.hidden, w, b, 1e-5, x.q_cls, x.keys, x.values, 0)
+    assert idx.shape == (3, 0) and fs.shape == (3, 0) and ns.tolist() == [0, 0, 0]
+    idx, ns, fs = torch.ops.litelvlm.fused_select(x.hidden[:, :0], w, b, 1e-5, x.q_cls, x.keys[:, :0],
+                                                  x.values[:, :0], 5)
+    assert idx.shape == (3, 0) and ns.tolist() == [0, 0, 0]

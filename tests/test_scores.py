@@ -1,15 +1,13 @@
 """fold_text, text_similarity, cls_contribution vs the direct formulas of the reference."""
 
-import math
 
 import pytest
 import torch
+from _inputs import noncontig
 
 import litelvlm_kernels as lk
 from litelvlm_kernels import reference as ref
 from litelvlm_kernels.synthetic import clip_inputs
-
-from _inputs import noncontig
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (B, T, M, Dv, D, P): odd shapes on purpose (M = 577, Dv = 1000, B = 3)
@@ -61,7 +59,8 @@ def test_outlier_channels_need_the_centred_form():
     assert err < 1e-3 and err * 10 < naive_err, (err, naive_err)
 
 
-@pytest.mark.parametrize("shape", [(1, 0, 1, 8, 8, 4), (3, 0, 577, 8, 72, 8), (2, 0, 196, 8, 768, 8), (0, 0, 3, 8, 8, 8)])
+@pytest.mark.parametrize("shape", [(1, 0, 1, 8, 8, 4), (3, 0, 577, 8, 72, 8), (2, 0, 196, 8, 768, 8),
+                                   (0, 0, 3, 8, 8, 8)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale", [None, 2.5])
 def test_cls_contribution_vs_direct(shape, dtype, scale, device):

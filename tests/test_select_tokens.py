@@ -4,12 +4,11 @@ import itertools
 
 import pytest
 import torch
+from _inputs import noncontig, scores
 
 import litelvlm_kernels  # noqa: F401
 from litelvlm_kernels import reference as ref
 from litelvlm_kernels.testing import assert_valid_indices
-
-from _inputs import noncontig, scores
 
 op = torch.ops.litelvlm.select_tokens
 

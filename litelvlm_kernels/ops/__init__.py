@@ -1,8 +1,9 @@
 """The ``torch.ops.litelvlm`` operators and their Python wrappers.
 
-Importing this package registers every op: gather_tokens from the C++
-extension (``litelvlm_kernels._C``), the selection ops as custom_ops, and,
-when Triton is importable, their CUDA kernels.
+Importing this package registers every op: the C++ extension
+(``litelvlm_kernels._C``) defines every schema and the CPU kernels; Python adds the
+fake impls, gather's wrapper, the selection ops' device-agnostic default kernels
+(``selection.py``) and, when Triton is importable, their CUDA kernels (``triton_cuda.py``).
 """
 
 from .gather_tokens import gather_tokens  # noqa: F401  (loads _C, registers fake/autograd)

@@ -1,21 +1,31 @@
-"""Batched, torch-composed implementations of the selection ops.
+"""The selection ops as batched torch compositions: the default kernel of devices without their own.
 
-These are the CPU kernels of the ops (and the fallback on any device without a
-dedicated kernel). They use the algebra of DESIGN.md section 3 (folded text,
-c_j = a_j ||v_j||) and rank with packed int64 keys instead of per-row loops, so
-a batch costs a handful of vectorised passes and no host synchronisation:
-every shape below depends on sizes, never on data.
+The CPU kernels are C++ (``csrc/fused_select_cpu.cpp``) and the CUDA ones Triton
+(``triton_cuda.py``); these compositions serve every other device (and CUDA's select_tokens,
+where scores computed elsewhere are rare), and are the "direct" baseline of
+``benchmarks/bench_dispatch.py``. They use the algebra of docs/design.md section 3 (folded
+text, c_j = a_j ||v_j||) and rank with packed int64 keys instead of per-row loops, so a batch
+costs a handful of vectorised passes and no host synchronisation: every shape below depends on
+sizes, never on data. Inputs are assumed validated (``selection.py`` runs ``_validate`` first).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
+from .._validate import default_scale
+
 _NORM_EPS = 1e-12  # F.normalize's eps: the reference's convention for zero vectors
 _LOW32 = (1 << 32) - 1
+
+
+def fold_text(text_embeds: torch.Tensor, proj_weight: torch.Tensor, ln_weight: torch.Tensor,
+              ln_bias: torch.Tensor):
+    """w_t = gamma * (W_p^T e_t) [Bt, T, Dv], b_t = beta . (W_p^T e_t) [Bt, T], fp32."""
+    u = torch.matmul(text_embeds.float(), proj_weight.float())
+    return u * ln_weight.float(), torch.matmul(u, ln_bias.float())
 
 
 def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_eps: float) -> torch.Tensor:
@@ -25,8 +35,7 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
     x . w - mu * sum(w) cancels catastrophically there.
     """
     x = hidden.float()
-    # (x - mu) / sigma is layer_norm without affine: one fused pass (0.4 ms at [1, 576, 1024]
-    # on 1 CPU thread, against 8.6 ms for torch.var_mean), centred before any dot product.
+    # (x - mu) / sigma is layer_norm without affine: one fused pass, centred before any dot product.
     xn = torch.nn.functional.layer_norm(x, (x.shape[-1],), eps=ln_eps)
     return torch.matmul(w.float(), xn.transpose(1, 2)) + b.float().unsqueeze(-1)  # [Bt,T,Dv] @ [B,Dv,M]
 
@@ -34,9 +43,8 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
 def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                      scale: Optional[float] = None) -> torch.Tensor:
     """c_j = softmax_j(scale * q_hat . k_hat_j) * ||v_j|| in fp32: [B, M]."""
-    D = keys.shape[-1]
     if scale is None:
-        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+        scale = default_scale(keys.shape[-1])
     q = q_cls.float()
     k = keys.float()
     q_hat = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
