@@ -1,4 +1,4 @@
-"""Locating the parts of a Hugging Face CLIP model, whatever wrapper holds them.
+"""Locating the parts of a Hugging Face model (CLIP towers, LVLM submodules, config fields) across versions.
 
 One walk for both towers: a CLIP tower is the module that holds ``embeddings``,
 ``encoder`` and its final norm (``post_layernorm`` for vision,
@@ -73,3 +73,20 @@ def tensor_version(t: torch.Tensor) -> int:
         return t._version
     except RuntimeError:
         return -1
+
+
+def config_get(config, *names, default=None):
+    """The first attribute of ``config`` among ``names`` (transformers renamed several across versions)."""
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def model_part(model, name: str):
+    """``model.<name>`` (transformers < 4.52) or ``model.model.<name>`` (the inner model of later versions)."""
+    for owner in (model, getattr(model, "model", None)):
+        if owner is not None and name in getattr(owner, "_modules", {}) | getattr(owner, "_parameters", {}):
+            return getattr(owner, name)
+    raise TypeError(f"model: {type(model).__name__} has no {name}")

@@ -7,7 +7,8 @@ The adapter is split by concern (one module per job, one file per model family):
 ``capture``            one hooked vision forward -> ``VisionCapture``
 ``text``               [EOS] embeddings, grouping per image, the folded-text cache
 ``pruner``             ``LiteLVLMPruner``: tower + texts -> kept tokens
-``lvlm``               the model-agnostic part of patching a whole LVLM
+``lvlm``               the model-agnostic part of patching a whole LVLM (enable / disable)
+``inputs``             shrinking placeholder runs, re-padding, merging the kept features
 ``views``              selection over tiles / frames with the public ops
 ``llava`` ...          one file per LVLM family (see docs/CONTRIBUTING.md)
 ``metrics``            tokens, FLOPs, KV bytes, time before / after on given inputs

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .lvlm import FamilyAdapter, Modality, config_get, model_part, register_adapter
+from ._towers import config_get, model_part
+from .lvlm import FamilyAdapter, Modality, register_adapter
 
 
 def image_token_id(config) -> int:

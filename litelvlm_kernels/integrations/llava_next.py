@@ -34,8 +34,9 @@ import sys
 
 import torch
 
+from ._towers import model_part
 from .llava import image_token_id
-from .lvlm import FamilyAdapter, Modality, model_part, register_adapter
+from .lvlm import FamilyAdapter, Modality, register_adapter
 from .views import contribution, select_views, view_similarity
 
 

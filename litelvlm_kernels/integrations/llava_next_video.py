@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._towers import config_get, model_part
 from .llava_next import LlavaNextAdapter
-from .lvlm import Modality, config_get, model_part, register_adapter
+from .lvlm import Modality, register_adapter
 from .views import contribution, select_views, view_similarity
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from ._towers import config_get, model_part
+from .inputs import prepare_inputs
 from .pruner import LiteLVLMPruner
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
@@ -39,7 +41,6 @@ __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_lite
 # model_type -> adapter class; filled by the family modules listed below (imported on first use).
 _ADAPTERS: dict = {}
 _FAMILY_MODULES = ("llava", "llava_next", "llava_next_video")
-_EXTRA_KWARGS = ("referring_expressions",)
 
 
 def register_adapter(cls):
@@ -57,23 +58,6 @@ def _adapter_for(model) -> type:
         raise TypeError(f"model: {type(model).__name__} (model_type={mt!r}) is not supported; supported "
                         f"model types: {', '.join(sorted(_ADAPTERS))}")
     return _ADAPTERS[mt]
-
-
-def config_get(config, *names, default=None):
-    """The first attribute of ``config`` among ``names`` (transformers renamed several across versions)."""
-    for n in names:
-        v = getattr(config, n, None)
-        if v is not None:
-            return v
-    return default
-
-
-def model_part(model, name: str):
-    """``model.<name>`` (transformers < 4.52) or ``model.model.<name>`` (the inner model of later versions)."""
-    for owner in (model, getattr(model, "model", None)):
-        if owner is not None and name in getattr(owner, "_modules", {}) | getattr(owner, "_parameters", {}):
-            return getattr(owner, name)
-    raise TypeError(f"model: {type(model).__name__} has no {name}")
 
 
 _CHOICES = {"order": ("official", "spatial"), "missing_expressions": ("error", "cls"),
@@ -157,153 +141,6 @@ class FamilyAdapter:
         if st not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy={st!r} is not supported (default or full)")
         return st
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def _items_per_row(ids: torch.Tensor, token_id: int, counts: list, what: str) -> tuple:
-    """(flat positions of each item's placeholders, row of each item); checks the count is exact."""
-    mask = ids == token_id
-    per_row = mask.sum(1).tolist()
-    total, need = sum(per_row), sum(counts)
-    if total != need:
-        raise ValueError(f"input_ids: {total} {what} placeholder tokens (id {token_id}) but the {len(counts)} "
-                         f"{what} input(s) take {need} in the stock model ({counts}); build input_ids with the "
-                         "model's processor and do not prune them yourself")
-    rows, b, used = [], 0, 0
-    for i, n in enumerate(counts):
-        while b < len(per_row) and used == per_row[b]:
-            b, used = b + 1, 0
-        if b >= len(per_row) or used + n > per_row[b]:
-            raise ValueError(f"input_ids: the placeholders of {what} {i} span two prompts")
-        rows.append(b)
-        used += n
-    return mask, rows
-
-
-def _expressions_per_item(expressions, rows: list, batch: int, missing: str) -> list:
-    if expressions is None:
-        if missing == "cls":
-            return [[] for _ in rows]
-        raise ValueError("referring_expressions: required (one str or list of str per prompt), e.g. "
-                         "model.generate(**inputs, referring_expressions=[['the man on the left']]); or enable "
-                         "with missing_expressions='cls' for [CLS]-context selection without text")
-    if isinstance(expressions, str):
-        expressions = [expressions]
-    expressions = list(expressions)
-    if len(expressions) != batch:
-        raise ValueError(f"referring_expressions: got {len(expressions)} entries for a batch of {batch} prompts "
-                         "(one str, list of str, or None per prompt)")
-    per_row = []
-    for b, e in enumerate(expressions):
-        e = [] if e is None else [e] if isinstance(e, str) else list(e)
-        if not all(isinstance(t, str) for t in e):
-            raise TypeError(f"referring_expressions[{b}]: expected str or a list of str")
-        if not e and missing != "cls" and b in rows:
-            raise ValueError(f"referring_expressions[{b}]: prompt {b} has an image but no expression; pass one, "
-                             "or enable with missing_expressions='cls'")
-        per_row.append(e)
-    return [per_row[b] for b in rows]
-
-
-def _padding_side(attention_mask) -> str:
-    if attention_mask is not None and not bool(attention_mask[:, 0].all()) and bool(attention_mask[:, -1].all()):
-        return "left"
-    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
-        return "right"
-    return "left"  # no padding in the input: left, what generate() needs for decoder-only models
-
-
-def shrink(dropped: torch.Tensor, real: torch.Tensor, tensors: dict, pads: dict, side: str) -> dict:
-    """Drop the ``dropped`` [B, L] placeholders and the padding (``~real``) of each [B, L] tensor, re-pad the
-    rows to the longest on ``side`` with ``pads[name]``.
-
-    ``position_ids`` are renumbered (minus the placeholders dropped before each position) so each row's
-    positions stay consecutive.
-    """
-    keep = real & ~dropped
-    n = keep.sum(1)
-    L = int(n.max()) if n.numel() else 0
-    out = {}
-    for name, t in tensors.items():
-        if t is None:
-            out[name] = None
-            continue
-        if name == "position_ids":
-            t = t - dropped.long().cumsum(1)
-        new = t.new_full((t.shape[0], L), pads[name])
-        for b in range(t.shape[0]):
-            row = t[b][keep[b]]
-            if side == "left":
-                new[b, L - row.numel():] = row
-            else:
-                new[b, :row.numel()] = row
-        out[name] = new
-    return out
-
-
-def prepare_inputs(adapter: FamilyAdapter, kwargs: dict, expressions) -> tuple:
-    """Stock inputs -> (kwargs for the stock forward / generate with inputs_embeds, shrunk input_ids, report)."""
-    ids = kwargs.get("input_ids")
-    if ids is None:
-        raise ValueError("input_ids: needed with pixel inputs (LiteLVLM shrinks their placeholder runs)")
-    if kwargs.get("inputs_embeds") is not None:
-        raise ValueError("inputs_embeds: cannot be combined with pixel inputs while LiteLVLM is enabled")
-    s = adapter.settings
-    dropped = torch.zeros_like(ids, dtype=torch.bool)
-    merges, report = [], {}
-    for mod in adapter.modalities():
-        if kwargs.get(mod.pixel_key) is None:
-            continue
-        counts = mod.stock_counts(kwargs)
-        what = "video" if "video" in mod.pixel_key else "image"
-        mask, rows = _items_per_row(ids, mod.token_id, counts, what)
-        cond = adapter.text_condition(_expressions_per_item(expressions, rows, ids.shape[0], s.missing_expressions))
-        feats = mod.features(kwargs, cond)
-        flat = mask.flatten().nonzero().flatten()
-        start, kept_counts = 0, []
-        for n, f in zip(counts, feats):
-            dropped.view(-1)[flat[start + f.shape[0]:start + n]] = True  # the tail of each item's run
-            start += n
-            kept_counts.append(f.shape[0])
-        merges.append((mod.token_id, torch.cat(feats, 0)))
-        report[what] = {"stock": counts, "kept": kept_counts}
-    mask = kwargs.get("attention_mask")
-    side = _padding_side(mask)
-    if mask is None:
-        mask = torch.ones_like(ids)
-    cfg = adapter.model.config
-    pad_id = config_get(cfg, "pad_token_id", default=None)
-    if pad_id is None:
-        pad_id = config_get(getattr(cfg, "text_config", cfg), "pad_token_id", default=0)
-    tensors = {"input_ids": ids, "attention_mask": mask, "position_ids": kwargs.get("position_ids"),
-               "labels": kwargs.get("labels")}
-    new = shrink(dropped, mask.bool(), tensors,
-                 {"input_ids": pad_id, "attention_mask": 0, "position_ids": 1, "labels": -100}, side)
-    embeds = adapter.model.get_input_embeddings()(new["input_ids"])
-    for token_id, feats in merges:
-        where = (new["input_ids"] == token_id).unsqueeze(-1).expand_as(embeds)
-        embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
-    out = {k: v for k, v in kwargs.items() if k not in _dropped_keys(adapter)}
-    out.update(attention_mask=new["attention_mask"], inputs_embeds=embeds, input_ids=None)
-    for k in ("position_ids", "labels"):
-        if new[k] is not None:
-            out[k] = new[k]
-    visual = [token_id for token_id, _ in merges]
-    report["rows"] = {  # per prompt: what the LLM attends to, before and after
-        "visual_stock": sum((ids == t).sum(1) for t in visual).tolist(),
-        "visual_kept": sum((new["input_ids"] == t).sum(1) for t in visual).tolist(),
-        "tokens_stock": mask.sum(1).tolist(), "tokens_kept": new["attention_mask"].sum(1).tolist()}
-    return out, new["input_ids"], report
-
-
-def _dropped_keys(adapter) -> set:
-    keys = set()
-    for mod in adapter.modalities():
-        keys.add(mod.pixel_key)
-        keys.update(mod.extra_keys)
-    return keys
 
 
 # --------------------------------------------------------------------------- patching
