@@ -78,25 +78,27 @@ def hand_built(model, batch, expressions_per_image, R, min_votes=1, order="offic
     return ids, mask, embeds
 
 
-@pytest.mark.parametrize("multi_text,min_votes,order", [("union", 1, "official"), ("intersection", 0, "spatial")])
+@pytest.mark.parametrize("multi_text,min_votes,order", [("union", 1, "official"), ("intersection", 0, "spatial"),
+                                                       (2, 2, "official")])
 def test_pruned_equals_hand_built_pipeline(model, batch, multi_text, min_votes, order):
     R = 16
     per_image = [EXPRS[0], EXPRS[1], EXPRS[1]]
     with torch.no_grad():
         ids, mask, embeds = hand_built(model, batch, per_image, R, min_votes, order)
         want = model(inputs_embeds=embeds, attention_mask=mask).logits
-        want_ids = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4,
-                                  do_sample=False)
         with enable(model, num_retain=R, multi_text=multi_text, order=order) as patch:
             got = model(**batch, referring_expressions=EXPRS).logits
-            got_ids = greedy(model, batch, referring_expressions=EXPRS)  # left padding, mixed expressions
+            if multi_text == "union":  # generate once: left padding, mixed expressions, 1 and 2 images
+                want_ids = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
+                                          max_new_tokens=4, do_sample=False)
+                got_ids = greedy(model, batch, referring_expressions=EXPRS)
+                # the caller's prompt back in front, then the same new tokens
+                assert torch.equal(got_ids[:, :batch["input_ids"].shape[1]], batch["input_ids"])
+                assert torch.equal(got_ids[:, batch["input_ids"].shape[1]:], want_ids[:, ids.shape[1]:])
     assert patch.last_report["image"]["kept"] == [R] * 3
     assert got.shape == want.shape == (2, ids.shape[1], tl.VOCAB)
     # only the projector's batch shape differs (R' rows here, M rows in the hand pipeline)
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)
-    # generate: the caller's prompt back in front, then the same new tokens
-    assert torch.equal(got_ids[:, :batch["input_ids"].shape[1]], batch["input_ids"])
-    assert torch.equal(got_ids[:, batch["input_ids"].shape[1]:], want_ids[:, ids.shape[1]:])
 
 
 def test_labels_position_ids_and_right_padding(model, batch):
@@ -164,3 +166,12 @@ def test_bad_inputs_name_the_argument(model, batch):
             model(**batch, referring_expressions=EXPRS)
     disable_litelvlm(model)  # idempotent
     assert "forward" not in model.__dict__
+
+
+def test_metrics_need_an_enabled_model(model, batch):
+    from litelvlm_kernels.integrations.metrics import prefill_metrics
+
+    with pytest.raises(ValueError, match="model"):
+        prefill_metrics(model, batch, EXPRS)
+    with enable(model, num_retain=8), pytest.raises(ValueError, match="repeat"):
+        prefill_metrics(model, batch, EXPRS, repeat=0)
