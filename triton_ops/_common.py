@@ -103,13 +103,14 @@ def finaliser_block(M: int) -> int:
 
 def text_group(TB: int) -> int:
     """G: texts whose bottom-k searches share one histogram per radix pass (concurrent).
-    Two: a G x 256-bin histogram costs ~G * (35 + 8 G) instructions per element slot
-    (triton's warp-ballot histogram), so wider groups trade throughput for fewer passes."""
+    Two: triton's warp-ballot histogram costs about 77 instructions per element slot at
+    256 bins and 136 at 512, so two texts in one pass cost 1.8x the instructions of two
+    separate passes but halve the sequential passes; wider groups grow faster (G = 4:
+    ~260 per slot)."""
     return min(TB, 2)
 
 
-def num_warps(block_m: int) -> int:
-    """8 warps for every tile: the finaliser's histograms and scans take half the
-    instructions per thread of 4 warps (its latency sets B = 1), and ptxas fits every
-    variant without spilling (tests/triton/aot_compile.py prints the figures)."""
-    return 8
+# 8 warps for every kernel: the finaliser's histograms and scans take half the instructions
+# per thread of 4 warps (its latency sets B = 1), and ptxas fits every variant without
+# spilling (tests/triton/aot_compile.py prints the figures; docs/triton.md states them).
+NUM_WARPS = 8

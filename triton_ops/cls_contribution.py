@@ -99,6 +99,6 @@ def cls_contribution(q_cls: torch.Tensor, keys: torch.Tensor, values: torch.Tens
             M, D, float(C.default_scale(D) if scale is None else scale), nsplit,
             q_cls.stride(0), q_cls.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             values.stride(0), values.stride(1), values.stride(2),
-            num_warps=C.num_warps(blk["BLOCK_M"]), **blk,
+            num_warps=C.NUM_WARPS, **blk,
         )
     return out

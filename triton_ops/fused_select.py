@@ -163,6 +163,6 @@ def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_vote
             hidden.stride(0), hidden.stride(1), hidden.stride(2), swb, swt, swd, sbb, sbt,
             q_cls.stride(0), q_cls.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             values.stride(0), values.stride(1), values.stride(2), nt.stride(0) if has_nt else 0,
-            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=C.num_warps(blk["BLOCK_M"]), **blk,
+            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=C.NUM_WARPS, **blk,
         )
     return indices, num_sim, from_sim.view(torch.bool)

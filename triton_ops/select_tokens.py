@@ -87,6 +87,6 @@ def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official",
         _select_tokens_kernel[(B,)](
             s, c, nt, indices, from_sim, num_sim, votes_ws, keys_ws, list_ws,
             M, T, R, int(k_per_text), int(min_votes), nt.stride(0) if has_nt else 0,
-            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=C.num_warps(0), **blk,
+            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=C.NUM_WARPS, **blk,
         )
     return indices, num_sim, from_sim.view(torch.bool)

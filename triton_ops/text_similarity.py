@@ -94,6 +94,6 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
             hidden, w, b, out,
             M, Dv, T, float(ln_eps), nsplit, ntg,
             hidden.stride(0), hidden.stride(1), hidden.stride(2), swb, swt, swd, sbb, sbt,
-            num_warps=C.num_warps(blk["BLOCK_M"]), **blk,
+            num_warps=C.NUM_WARPS, **blk,
         )
     return out

@@ -14,6 +14,12 @@ become constants, multiples of 16 and 16-byte aligned pointers get divisibility 
 key and compiled in ``--jobs`` processes, each in a fresh triton cache so that ptxas runs
 and its log ("bytes spill stores") is read.
 
+Figures are cached in ``$LITELVLM_AOT_CACHE`` (default ~/.cache/litelvlm/aot.json) under a
+hash of triton's version, the kernel's source with everything it calls
+(``JITFunction.cache_key``), the specialisation, the options and the target: a rerun on
+unchanged code reads them back (each came from a real ptxas run); ``--no-cache`` forces
+every compile.
+
 One line per compiled variant: kernel, meta-parameters, registers, stack bytes
 (``cuobjdump -res-usage``), ptxas spill stores / loads, SASS instruction count, and the
 (B, M, T, dtype) launches that map to it. Exit status 1 when a variant fails to compile,
@@ -23,8 +29,10 @@ or has STACK > 0 or spill stores > 0.
 import argparse
 import concurrent.futures as cf
 import contextlib
+import hashlib
 import importlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -156,6 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quick", action="store_true", help="B in {1, 64}, M in {576, 16384}, T = 2, fp16")
     ap.add_argument("--match", default="", help="only launches whose 'kernel label' matches this regex")
+    ap.add_argument("--no-cache", action="store_true", help="compile every variant, ignore cached figures")
     a = ap.parse_args(argv)
     backend = make_backend(GPUTarget("cuda", a.sm, 32))
     variants = {}  # key -> [module, kernel name, compile args, constexprs, labels]
@@ -170,25 +179,59 @@ def main(argv=None) -> int:
         variants.setdefault(key, [mod, kname, cargs, consts, call[1].get("num_warps"), []])[5].append(label)
     print(f"{len(variants)} distinct variants (by triton's specialisation key) for sm_{a.sm}, "
           f"triton {triton.__version__}, {a.jobs} jobs", flush=True)
+    cache_path = os.environ.get("LITELVLM_AOT_CACHE", os.path.expanduser("~/.cache/litelvlm/aot.json"))
+    cache = {} if a.no_cache else _load(cache_path)
     failed = bad = 0
+    todo = {}
+    results = {}
+    for key, v in variants.items():
+        fn = getattr(importlib.import_module(f"{PKG}.{v[0]}"), v[1])
+        h = hashlib.sha256(repr((triton.__version__, fn.cache_key, key, a.sm)).encode()).hexdigest()
+        if h in cache:
+            results[key] = cache[h]
+        else:
+            todo[key] = h
+    print(f"{len(results)} read from {cache_path}, {len(todo)} to compile", flush=True)
     with cf.ProcessPoolExecutor(max_workers=max(1, a.jobs), initializer=_fresh_cache) as ex:
-        futs = {ex.submit(_compile, (v[0], v[1], v[2], a.sm)): v for v in variants.values()}
+        futs = {ex.submit(_compile, (variants[k][0], variants[k][1], variants[k][2], a.sm)): k for k in todo}
         for fut in cf.as_completed(futs):
-            mod, kname, _, consts, nw, labels = futs[fut]
-            what = f"{kname} {consts} num_warps={nw}"
+            key = futs[fut]
             try:
-                r = fut.result()
+                results[key] = cache[todo[key]] = fut.result()
+                _save(cache_path, cache)
             except Exception as e:  # report every variant, then fail
-                failed += 1
-                print(f"FAIL {what}: {type(e).__name__}: {str(e)[:1500]}", flush=True)
-                continue
-            spills = r["stack"] != 0 or r["spill_st"] != 0
-            bad += spills
-            print(f"{'SPILL' if spills else 'ok   '} {what} regs={r['reg']} stack={r['stack']} "
-                  f"spill_stores={r['spill_st']} spill_loads={r['spill_ld']} STL={r['stl']} sass={r['sass']} "
-                  f"<- {len(labels)} launches, e.g. {labels[0]}", flush=True)
+                results[key] = dict(error=f"{type(e).__name__}: {str(e)[:1500]}")
+    for key in sorted(variants, key=lambda k: (variants[k][1], str(variants[k][3]))):
+        mod, kname, _, consts, nw, labels = variants[key]
+        r = results[key]
+        what = f"{kname} {consts} num_warps={nw}"
+        if "error" in r:
+            failed += 1
+            print(f"FAIL {what}: {r['error']}")
+            continue
+        spills = r["stack"] != 0 or r["spill_st"] != 0
+        bad += spills
+        print(f"{'SPILL' if spills else 'ok   '} {what} regs={r['reg']} stack={r['stack']} "
+              f"spill_stores={r['spill_st']} spill_loads={r['spill_ld']} STL={r['stl']} sass={r['sass']} "
+              f"<- {len(labels)} launches, e.g. {labels[0]}")
     print(f"summary: {len(variants)} variants, {failed} failed to compile, {bad} with stack or spill stores > 0")
     return 1 if failed or bad else 0
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(path, cache):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cache, f)
+    os.replace(tmp, path)
 
 
 def _fresh_cache():
