@@ -415,7 +415,7 @@ def test_hooks_removed_when_the_forward_fails(models, pruner):
     vision, _ = models
     # transformers 5 keeps hooks of its own on the layers (output capture): compare with before
     before = {name: list(m._forward_hooks) for name, m in vision.named_modules()}
-    with pytest.raises(Exception):
+    with pytest.raises((ValueError, RuntimeError)):  # a size the tower cannot embed (message by version)
         pruner.prune(torch.randn(1, 3, 57, 40), texts=["a cat"], num_retain=8)  # not 56 x 56
     assert {name: list(m._forward_hooks) for name, m in vision.named_modules()} == before
     with torch.no_grad():

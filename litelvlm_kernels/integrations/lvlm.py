@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .._validate import min_votes_of
 from ._towers import config_get, model_part
 from .inputs import prepare_inputs
 from .pruner import LiteLVLMPruner
@@ -88,9 +89,7 @@ class LiteLVLMSettings:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        mt = self.multi_text
-        if not (mt in ("union", "intersection") or (isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0)):
-            raise ValueError(f"multi_text must be 'union', 'intersection' or an int min_votes >= 0, got {mt!r}")
+        min_votes_of(self.multi_text)  # the library's one rule for multi_text
         if self.k_per_text is not None and (isinstance(self.k_per_text, bool) or not isinstance(self.k_per_text, int)
                                             or self.k_per_text <= 0):
             raise ValueError(f"k_per_text must be None or an int > 0, got {self.k_per_text!r}")

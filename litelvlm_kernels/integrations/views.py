@@ -28,13 +28,9 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from .._validate import min_votes_of
 
 INF = float("inf")
-
-
-def min_votes(multi_text) -> int:
-    """``multi_text`` of ``litelvlm_kernels.prune`` as the ops' ``min_votes`` (checked by the settings)."""
-    return {"union": 1, "intersection": 0}.get(multi_text, multi_text)
 
 
 def view_similarity(pruner, hidden, cond, view_item: torch.Tensor):
@@ -59,7 +55,7 @@ def select_views(s, c, num, valid: torch.Tensor, groups: list, settings, joint: 
     s [V, T, M], c [V, M], num [V] or None, valid [V, M] bool; ``groups``: the
     views of each item (used when ``joint``).
     """
-    R, mv, kpt = settings.num_retain, min_votes(settings.multi_text), settings.k_per_text or 0
+    R, mv, kpt = settings.num_retain, min_votes_of(settings.multi_text), settings.k_per_text or 0
     s = s.masked_fill(~valid[:, None, :], INF)
     c = c.masked_fill(~valid, -INF)
     if not joint:
