@@ -113,6 +113,9 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
         feats = mod.features(kwargs, cond)
         flat = mask.flatten().nonzero().flatten()
         start, kept_counts = 0, []
+        if len(feats) != len(counts) or any(f.shape[0] > n for n, f in zip(counts, feats)):
+            raise RuntimeError(f"{type(adapter).__name__}: built {[f.shape[0] for f in feats]} {what} features for "
+                               f"runs of {counts} placeholders (an adapter bug: it may only shrink them)")
         for n, f in zip(counts, feats):
             dropped.view(-1)[flat[start + f.shape[0]:start + n]] = True  # the tail of each item's run
             start += n
