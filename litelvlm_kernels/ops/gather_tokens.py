@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._validate import INDEX_DTYPES
+
 try:
     from .. import _C  # noqa: F401  (loading the library registers the schema and the kernels)
 except ImportError as e:  # pragma: no cover - depends on the installation
@@ -31,8 +33,6 @@ except ImportError as e:  # pragma: no cover - depends on the installation
     ) from e
 
 __all__ = ["gather_tokens"]
-
-INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 # -- fake implementations ----------------------------------------------------------
