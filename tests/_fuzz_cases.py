@@ -123,7 +123,7 @@ def _hazards(rng: random.Random, target: str, B: int, M: int, T: int, Dv: int, D
         # A large common offset in every channel of a token: (x . w - mu sum(w)) would cancel
         # catastrophically here; the centred form of docs/design.md section 3 must not.
         hz.append(("token_offset", round(10 ** rng.uniform(1.5, 3), 1), rng.random() < 0.5))
-    if B and M and rng.random() < 0.08:
+    if B and M and rng.random() < 0.12:
         names = ["s", "c"] if target == "select_tokens" else ["hidden", "keys", "values", "q_cls", "text_embeds"]
         for _ in range(rng.randint(1, 3)):
             name = rng.choice(names)
@@ -137,6 +137,9 @@ def _hazards(rng: random.Random, target: str, B: int, M: int, T: int, Dv: int, D
     if target == "select_tokens" and rng.random() < 0.5:
         # Scores on a coarse grid (many exact ties), with -0.0 and special values mixed in.
         hz.append(("coarse_scores", rng.choice([0.5, 0.25, 1.0]), rng.random() < 0.5))
+    if target == "select_tokens" and rng.random() < 0.3:
+        # A share of the scores replaced by NaN, +-inf and -0.0: the order rules of design section 2.
+        hz.append(("special_scores", round(rng.uniform(0.02, 0.3), 3)))
     return hz
 
 
@@ -221,6 +224,12 @@ def build(case: Case) -> dict:
             t["c"] = torch.round(t["c"] / (step * case.value_scale)) * step
             if signed_zero:
                 t["s"][t["s"] == 0] = -0.0
+        if "special_scores" in hz:
+            special = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0])
+            for name in ("s", "c"):
+                x = t[name]
+                pick = torch.rand(x.shape, generator=g) < hz["special_scores"][0]
+                x[pick] = special[torch.randint(0, 4, (int(pick.sum()),), generator=g)]
         if "duplicate_tokens" in hz:
             rows = hz["duplicate_tokens"][0]  # exact ties only: select_tokens must match exactly
             t["s"][:, :, rows] = t["s"][:, :, rows[:1]]

@@ -63,7 +63,7 @@ def apply_illegal(case: Case, kw: dict) -> None:
         kw["num_texts"] = nt.float() if spec == "float" else torch.zeros(case.B + 1, dtype=nt.dtype)
     elif name in ("s", "hidden") and spec in ("int32", "float64", "2d"):
         x = kw[name]
-        kw[name] = x.to(getattr(torch, spec)) if spec != "2d" else x[..., 0]
+        kw[name] = x.to(getattr(torch, spec)) if spec != "2d" else x.flatten(1)
     elif spec == "M+1":
         kw[name] = _resize(kw[name], 1, case.M + 1)
     elif spec == "D+1":
