@@ -79,18 +79,34 @@ __device__ __forceinline__ int64_t row_index(const index_t* __restrict__ idx, in
   return m;
 }
 
+template <typename T>
+struct RowPointers {
+  const T* src;
+  T* dst;
+};
+
+// The source and destination rows of output row blockIdx.x = b * R + r, as T*; the index is
+// checked (row_index). Shared by both kernels.
+template <typename T, typename index_t>
+__device__ __forceinline__ RowPointers<T> row_pointers(const char* src, char* dst,
+                                                       const index_t* __restrict__ idx,
+                                                       const GatherParams& p) {
+  const int64_t b = blockIdx.x / p.R;
+  const int64_t r = blockIdx.x - b * p.R;
+  const int64_t m = row_index(idx, b, r, p);
+  return {reinterpret_cast<const T*>(src + b * p.tsB + m * p.tsM),
+          reinterpret_cast<T*>(dst + b * p.osB + r * p.osR)};
+}
+
 // Contiguous rows, copied as vectors of type V (16, 8, 4, 2 or 1 bytes).
 // grid (B*R, chunks), block (threads): block (row, y) copies vectors
 // [y * threads * kUnroll, ...) of row `row`, striding by gridDim.y chunks.
 template <typename V, typename index_t>
 __global__ void gather_rows_kernel(const char* __restrict__ src, char* __restrict__ dst,
                                    const index_t* __restrict__ idx, GatherParams p) {
-  const int64_t row = blockIdx.x;
-  const int64_t b = row / p.R;
-  const int64_t r = row - b * p.R;
-  const int64_t m = row_index(idx, b, r, p);
-  const V* __restrict__ s = reinterpret_cast<const V*>(src + b * p.tsB + m * p.tsM);
-  V* __restrict__ d = reinterpret_cast<V*>(dst + b * p.osB + r * p.osR);
+  const RowPointers<V> row = row_pointers<V>(src, dst, idx, p);
+  const V* __restrict__ s = row.src;
+  V* __restrict__ d = row.dst;
   const int64_t step = static_cast<int64_t>(blockDim.x) * kUnroll;
   for (int64_t base = blockIdx.y * step + threadIdx.x; base < p.n; base += gridDim.y * step) {
     V v[kUnroll];
@@ -111,12 +127,9 @@ __global__ void gather_rows_kernel(const char* __restrict__ src, char* __restric
 template <typename T, typename index_t>
 __global__ void gather_strided_kernel(const char* __restrict__ src, char* __restrict__ dst,
                                       const index_t* __restrict__ idx, GatherParams p) {
-  const int64_t row = blockIdx.x;
-  const int64_t b = row / p.R;
-  const int64_t r = row - b * p.R;
-  const int64_t m = row_index(idx, b, r, p);
-  const T* __restrict__ s = reinterpret_cast<const T*>(src + b * p.tsB + m * p.tsM);
-  T* __restrict__ d = reinterpret_cast<T*>(dst + b * p.osB + r * p.osR);
+  const RowPointers<T> row = row_pointers<T>(src, dst, idx, p);
+  const T* __restrict__ s = row.src;
+  T* __restrict__ d = row.dst;
   for (int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < p.n;
        c += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     d[c * p.osC] = s[c * p.tsC];
