@@ -13,7 +13,7 @@ if _HAS_TRITON:
     @triton.jit
     def _sim_tile(h_ptr, s_hm, s_hd, Dv, w_ptr, s_wt, s_wd, b_ptr, s_bt, T, t0,
                   offs_m, mask_m, ln_eps,
-                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr, UNROLL: tl.constexpr):
         """Folded [EOS] similarity of BLOCK_M tokens against texts t0 .. t0+TB-1.
 
         h_ptr points at the row's first token; w_ptr/b_ptr at the row's text batch.
@@ -22,12 +22,12 @@ if _HAS_TRITON:
         outlier channels (|x| ~ 300 in CLIP) do not cancel as in x.w - mu*sum(w).
         Returns [BLOCK_M, TB] fp32 (columns of texts >= T are 0).
         """
-        # Feature loops are unrolled twice: a thread has two tiles' loads in flight before
-        # the first FMA waits (phase 1 is latency-bound: 2-4 loads per thread per trip).
+        # UNROLL (_common.feature_unroll): 2 for 16-token tiles, whose programs are latency-bound
+        # (two tiles' loads in flight per thread before the first FMA waits), else 1.
         offs_d = tl.arange(0, BLOCK_D)
         rows = offs_m.to(tl.int64) * s_hm
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for d0 in tl.range(0, Dv, BLOCK_D, loop_unroll_factor=2):
+        for d0 in tl.range(0, Dv, BLOCK_D, loop_unroll_factor=UNROLL):
             d = d0 + offs_d
             m2 = mask_m[:, None] & (d < Dv)[None, :]
             x = tl.load(h_ptr + rows[:, None] + d[None, :] * s_hd, mask=m2, other=0.0).to(tl.float32)
@@ -36,7 +36,7 @@ if _HAS_TRITON:
         var_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         dots = tl.zeros([BLOCK_M, TB], dtype=tl.float32)
         tcol = tl.arange(0, TB)
-        for d0 in tl.range(0, Dv, BLOCK_D, loop_unroll_factor=2):
+        for d0 in tl.range(0, Dv, BLOCK_D, loop_unroll_factor=UNROLL):
             d = d0 + offs_d
             dm = d < Dv
             m2 = mask_m[:, None] & dm[None, :]
@@ -56,7 +56,7 @@ if _HAS_TRITON:
 
     @triton.jit
     def _cls_tile(q_ptr, s_qd, k_ptr, s_km, s_kd, v_ptr, s_vm, s_vd, D, scale,
-                  offs_m, mask_m, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                  offs_m, mask_m, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr):
         """Logits scale * q_hat . k_hat_j and ||v_j|| of BLOCK_M tokens (fp32).
 
         ||q||^2 is accumulated in the same loop as q . k_j (q is loaded there anyway), so a
@@ -70,7 +70,7 @@ if _HAS_TRITON:
         qk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         kk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         vv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for d0 in tl.range(0, D, BLOCK_D, loop_unroll_factor=2):
+        for d0 in tl.range(0, D, BLOCK_D, loop_unroll_factor=UNROLL):
             d = d0 + offs_d
             dm = d < D
             m2 = mask_m[:, None] & dm[None, :]
@@ -88,10 +88,10 @@ if _HAS_TRITON:
 
     @triton.jit
     def _cls_partials(q_row, s_qd, k_row, s_km, s_kd, v_row, s_vm, s_vd, D, scale, l_row, vn_row,
-                      offs_m, mask_m, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                      offs_m, mask_m, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr):
         """A program's share of a row's [CLS] partials: logits and ||v_j|| to fp32 scratch."""
         logit, vnorm = _cls_tile(q_row, s_qd, k_row, s_km, s_kd, v_row, s_vm, s_vd, D, scale,
-                                 offs_m, mask_m, BLOCK_M, BLOCK_D)
+                                 offs_m, mask_m, BLOCK_M, BLOCK_D, UNROLL)
         tl.store(l_row + offs_m, logit, mask=mask_m)
         tl.store(vn_row + offs_m, vnorm, mask=mask_m)
 

@@ -23,7 +23,7 @@ if C.has_triton():
         # strides
         s_qb, s_qd, s_kb, s_km, s_kd, s_vb, s_vm, s_vd,
         # meta-parameters
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr, BLOCK_F: tl.constexpr,
     ):
         """Grid: (B * NSPLIT,), NSPLIT = cdiv(M, BLOCK_M).
         Shapes: q [B, D], keys / values [B, M, D] (any float dtype / strides), out [B, M] fp32;
@@ -39,7 +39,7 @@ if C.has_triton():
         offs_m = split * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         _cls_partials(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd, v_ptr + r64 * s_vb, s_vm, s_vd,
-                      D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D)
+                      D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D, UNROLL)
         tl.debug_barrier()
         old = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")
         if old == NSPLIT - 1:
@@ -58,7 +58,9 @@ if C.has_triton():
 def pick_blocks(B: int, M: int, D: int, force=None) -> dict:
     """Meta-parameters of _cls_contribution_kernel; BLOCK_F = 1024-token chunks for the
     row pass (4 values per thread at 8 warps)."""
-    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(D), BLOCK_F=min(1024, C.finaliser_block(M)))
+    bm = C.token_tile(B, M)
+    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(D), UNROLL=C.feature_unroll(bm),
+                  BLOCK_F=min(1024, C.finaliser_block(M)))
     blocks.update(force or {})
     return blocks
 

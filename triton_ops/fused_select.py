@@ -37,7 +37,7 @@ if C.has_triton():
         s_qb, s_qd, s_kb, s_km, s_kd, s_vb, s_vm, s_vd, s_nt,
         # meta-parameters
         HAS_NT: tl.constexpr, OFFICIAL: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr, TB: tl.constexpr,
         BLOCK_F: tl.constexpr, SINGLE: tl.constexpr, RB: tl.constexpr, G: tl.constexpr,
     ):
         """Single-launch LiteLVLM selection.
@@ -68,12 +68,12 @@ if C.has_triton():
         for t0 in range(0, T, TB):
             s = _sim_tile(h_ptr + r64 * s_hb, s_hm, s_hd, Dv,
                           w_ptr + r64 * s_wb, s_wt, s_wd, b_ptr + r64 * s_bb, s_bt, T, t0,
-                          offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB)
+                          offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB, UNROLL)
             tcol = t0 + tl.arange(0, TB)
             dst = sim_ws + r64 * T * M + tcol[None, :] * M + offs_m[:, None]
             tl.store(dst, s, mask=mask_m[:, None] & (tcol < T)[None, :])
         _cls_partials(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd, v_ptr + r64 * s_vb, s_vm, s_vd,
-                      D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D)
+                      D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D, UNROLL)
 
         # ---- arrival: all threads' stores done (barrier), then one acq_rel atomic publishes
         # them at GPU scope and tells whether this program is the row's last.
@@ -93,7 +93,8 @@ def pick_blocks(B: int, M: int, T: int, Dv: int, D: int, force=None) -> dict:
     """Meta-parameters of _fused_select_kernel (rules in _common.py); force overrides
     any of them (tests run the GPU sizes and the chunked finaliser under the interpreter)."""
     tb = C.text_tile(T)
-    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(max(Dv, D)), TB=tb,
+    bm = C.token_tile(B, M)
+    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(max(Dv, D)), UNROLL=C.feature_unroll(bm), TB=tb,
                   BLOCK_F=C.finaliser_block(M), RB=64, G=C.text_group(tb))
     blocks.update(force or {})
     blocks["SINGLE"] = M <= blocks["BLOCK_F"]

@@ -26,7 +26,7 @@ if C.has_triton():
         # strides
         s_hb, s_hm, s_hd, s_wb, s_wt, s_wd, s_bb, s_bt,
         # meta-parameters
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr, UNROLL: tl.constexpr,
     ):
         """Grid: (B * NSPLIT * NTG,), NSPLIT = cdiv(M, BLOCK_M), NTG = cdiv(T, TB).
         Shapes: hidden [B, M, Dv] (any float dtype, any strides), w [Bt, T, Dv], b [Bt, T]
@@ -45,7 +45,7 @@ if C.has_triton():
         mask_m = offs_m < M
         s = _sim_tile(h_ptr + row * s_hb, s_hm, s_hd, Dv,
                       w_ptr + row * s_wb, s_wt, s_wd, b_ptr + row * s_bb, s_bt, T, t0,
-                      offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB)
+                      offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB, UNROLL)
         tcol = t0 + tl.arange(0, TB)
         dst = out_ptr + row * T * M + tcol[None, :] * M + offs_m[:, None]
         tl.store(dst, s, mask=mask_m[:, None] & (tcol < T)[None, :])
@@ -53,7 +53,8 @@ if C.has_triton():
 
 def pick_blocks(B: int, M: int, T: int, Dv: int, force=None) -> dict:
     """Meta-parameters of _text_similarity_kernel (rules in _common.py)."""
-    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(Dv), TB=C.text_tile(T))
+    bm = C.token_tile(B, M)
+    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(Dv), UNROLL=C.feature_unroll(bm), TB=C.text_tile(T))
     blocks.update(force or {})
     return blocks
 

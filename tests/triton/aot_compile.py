@@ -47,7 +47,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-PKG = "litelvlm_kernels.triton_ops"
+PKG = os.environ.get("LITELVLM_AOT_PACKAGE", "litelvlm_kernels.triton_ops")  # another copy, for experiments
 BS = (1, 8, 64)
 MS = (49, 576, 577, 2880, 16384)
 TS = (0, 1, 2, 16)
@@ -81,7 +81,7 @@ def _record(kernel, launch):
 
 def _launches(quick):
     """(label, module, kernel name, launch thunk) for every launch of the grid."""
-    from litelvlm_kernels import triton_ops as tops
+    tops = importlib.import_module(PKG)
 
     meta = dict(device="meta")
     bs, ms, ts, dts = ((1, 64), (576, 16384), (2,), ("fp16",)) if quick else (BS, MS, TS, tuple(DTYPES))
@@ -125,7 +125,10 @@ def _specialise(fn, args, kwargs, backend):
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
     key = (fn.__name__, str(spec), str(options))
     consts = {fn.arg_names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
-    return key, (signature, constexprs, attrs, options.__dict__), consts
+    # JSON-able for the worker process: tuple paths as JSON strings
+    cx = {json.dumps(list(p)): v for p, v in constexprs.items()}
+    at = {json.dumps(list(p)): v for p, v in attrs.items()}
+    return key, (signature, cx, at, options.__dict__), consts
 
 
 def _tool(name, *args):
@@ -192,15 +195,16 @@ def main(argv=None) -> int:
         else:
             todo[key] = h
     print(f"{len(results)} read from {cache_path}, {len(todo)} to compile", flush=True)
-    with cf.ProcessPoolExecutor(max_workers=max(1, a.jobs), initializer=_fresh_cache) as ex:
-        futs = {ex.submit(_compile, (variants[k][0], variants[k][1], variants[k][2], a.sm)): k for k in todo}
+    with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+        futs = {ex.submit(_compile_in_subprocess, (variants[k][0], variants[k][1], variants[k][2], a.sm)): k
+                for k in todo}
         for fut in cf.as_completed(futs):
             key = futs[fut]
-            try:
-                results[key] = cache[todo[key]] = fut.result()
+            r = fut.result()
+            results[key] = r
+            if "error" not in r:
+                cache[todo[key]] = r
                 _save(cache_path, cache)
-            except Exception as e:  # report every variant, then fail
-                results[key] = dict(error=f"{type(e).__name__}: {str(e)[:1500]}")
     for key in sorted(variants, key=lambda k: (variants[k][1], str(variants[k][3]))):
         mod, kname, _, consts, nw, labels = variants[key]
         r = results[key]
@@ -234,13 +238,38 @@ def _save(path, cache):
     os.replace(tmp, path)
 
 
-def _fresh_cache():
-    # A cache of our own per worker: ptxas really runs (its log holds the spill figures).
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="aot-triton-")
-    from triton import knobs
+def _compile_in_subprocess(task):
+    """One variant in a child process with a fresh triton cache (so ptxas runs and logs
+    the spills); a compiler crash then fails this variant only."""
+    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="aot-triton-"))
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], input=json.dumps(task, default=_enc),
+                       capture_output=True, text=True, env=env)
+    last = p.stdout.strip().splitlines()[-1:] if p.stdout.strip() else []
+    if p.returncode == 0 and last:
+        return json.loads(last[0])
+    return dict(error=f"exit {p.returncode}: " + (p.stderr.strip().splitlines() or ["?"])[-1][:1500])
 
-    knobs.cache.dir = os.environ["TRITON_CACHE_DIR"]
+
+def _enc(o):
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o))
+
+
+def _worker():
+    mod, kname, (signature, constexprs, attrs, options), sm = json.loads(sys.stdin.read(), object_hook=None)
+    # JSON turned tuple keys / values into strings and lists: rebuild what ASTSource expects.
+    constexprs = {tuple(json.loads(k)): v for k, v in constexprs.items()}
+    attrs = {tuple(json.loads(k)): v for k, v in attrs.items()}
+    options = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+               for k, v in options.items()}
+    r = _compile((mod, kname, (signature, constexprs, attrs, options), sm))
+    print(json.dumps(r))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:] == ["--worker"]:
+        _worker()
+    else:
+        sys.exit(main())
