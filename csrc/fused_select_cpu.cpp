@@ -1,11 +1,14 @@
 // CPU kernels of the selection ops (schemas: litelvlm.cpp). Each kernel validates its arguments
-// once (select_checks.h), then:
+// once (select_checks.h), then, in ONE parallel region per call:
 //
-//   phase 1, parallel over all B x M tokens (so B = 1 splits over tokens and B = 64 over rows):
-//     one pass per token over hidden (T folded similarities) and over key and value ([CLS]
-//     logit, ||v_j||), fp32 accumulation, into a small fp32 scratch ([B, T + 2, M]);
-//   phase 2, parallel over rows: softmax -> contribution, then the selection (select_rank.h).
+//   scores: one pass per token over hidden (T folded similarities) and over key and value
+//     ([CLS] logit, ||v_j||), fp32 accumulation, into a small fp32 scratch ([B, T + 2, M]);
+//   rows: softmax -> contribution, then the selection (select_rank.h).
 //
+// With at least as many rows as threads, each thread takes whole rows (scores then selection:
+// the row's scratch stays in its cache); with fewer (B = 1), the tokens are split across threads
+// and the few rows are then selected one after another. One region, not two: waking the pool
+// costs a few us on a quiet machine and a scheduler slice (ms) on a loaded one.
 // The inputs (7 MB per ViT-L/14-336 image in fp32) are read once; the scratch is 7 KB per row.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -35,8 +38,24 @@ int64_t token_grain(int64_t bytes_per_token) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(bytes_per_token, 1));
 }
 
-// Rows per selection task: the selection of a row costs about (T + 2) M key operations.
-int64_t row_grain(int64_t T, int64_t M) { return std::max<int64_t>(1, 16384 / std::max<int64_t>((T + 2) * M, 1)); }
+// Scores of all B x M tokens (tokens(begin, end) over the flattened [B, M]), then row(b) for every
+// row, in one parallel region: whole rows per thread when B >= threads, else tokens split across
+// threads and the rows done in order afterwards.
+template <class Tokens, class Row>
+void tokens_then_rows(int64_t B, int64_t M, int64_t bytes_per_token, const Tokens& tokens, const Row& row) {
+  const int64_t grain = token_grain(bytes_per_token);
+  if (B >= at::get_num_threads()) {
+    at::parallel_for(0, B, std::max<int64_t>(1, grain / std::max<int64_t>(M, 1)), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        tokens(b * M, (b + 1) * M);
+        row(b);
+      }
+    });
+  } else {
+    at::parallel_for(0, B * M, grain, tokens);
+    for (int64_t b = 0; b < B; ++b) row(b);
+  }
+}
 
 RowSource source(const Tensor& t) {
   const int64_t item = t.element_size();
@@ -89,8 +108,9 @@ int64_t row_texts(const std::optional<Tensor>& num_texts, int64_t b, int64_t T) 
 
 // Phase 1 over the tokens [begin, end) of the flattened [B, M]: similarities into s [B, T, M]
 // (when text is given) and logits / value norms into lv [B, 2, M] (when keys are given).
-LITELVLM_SIMD_CLONES void score_tokens(int64_t begin, int64_t end, int64_t M, const RowSource* hidden, const Text* text, float eps,
-                  float* s, const RowSource* keys, const RowSource* values, const float* q_hat, float* lv) {
+LITELVLM_SIMD_CLONES void score_tokens(int64_t begin, int64_t end, int64_t M, const RowSource* hidden,
+                                       const Text* text, float eps, float* s, const RowSource* keys,
+                                       const RowSource* values, const float* q_hat, float* lv) {
   const int64_t width = std::max(hidden ? hidden->n : 0, keys ? keys->n : 0);
   std::vector<float> buf(static_cast<size_t>(2 * width));  // rows converted from fp16 / bf16 or strided
   for (int64_t i = begin; i < end; ++i) {
@@ -111,26 +131,28 @@ std::tuple<Tensor, Tensor, Tensor> selection_outputs(const Tensor& like, int64_t
           at::empty({B, r}, like.options().dtype(at::kBool))};
 }
 
-// Phase 2 for every row: contribution from (logit, ||v||) when lv is given (c is then written
-// over the logits), and the selection. s: [B, T, M] fp32, c: [B, M] fp32 (or lv's logit rows).
-void select_rows(int64_t B, int64_t T, int64_t M, const float* s, const float* c, float* lv, float scale,
-                 int64_t num_retain, int64_t min_votes, int64_t k_per_text, bool spatial,
-                 const std::optional<Tensor>& num_texts, std::tuple<Tensor, Tensor, Tensor>& out) {
-  const int64_t r = clamp_retain(num_retain, M);
-  int64_t* idx = std::get<0>(out).data_ptr<int64_t>();
-  int32_t* nsim = std::get<1>(out).data_ptr<int32_t>();
-  bool* from = std::get<2>(out).data_ptr<bool>();
-  at::parallel_for(0, B, row_grain(T, M), [&](int64_t begin, int64_t end) {
-    RowScratch scratch;
-    for (int64_t b = begin; b < end; ++b) {
-      const float* c_row = c ? c + b * M : lv + 2 * b * M;
-      if (lv) contribution_row(lv + 2 * b * M, lv + 2 * b * M + M, scale, M, lv + 2 * b * M);
-      const int64_t n = row_texts(num_texts, b, T);
-      const RowSpec spec{M, n, r, tokens_per_text(k_per_text, M, r, n), min_votes, spatial};
-      select_row(s + b * T * M, M, c_row, spec, scratch, idx + b * r, from + b * r, nsim + b);
-    }
-  });
-}
+// The selection of row b from its scores s_row [T, M] and contributions c_row [M] (fp32).
+struct Selection {
+  int64_t T, M, r, min_votes, k_per_text;
+  bool spatial;
+  const std::optional<Tensor>* num_texts;
+  int64_t* idx;
+  int32_t* nsim;
+  bool* from;
+
+  Selection(int64_t T_, int64_t M, int64_t num_retain, int64_t min_votes_, int64_t k_per_text_, bool spatial_,
+            const std::optional<Tensor>& num_texts_, std::tuple<Tensor, Tensor, Tensor>& out)
+      : T(T_), M(M), r(clamp_retain(num_retain, M)), min_votes(min_votes_), k_per_text(k_per_text_),
+        spatial(spatial_), num_texts(&num_texts_), idx(std::get<0>(out).data_ptr<int64_t>()),
+        nsim(std::get<1>(out).data_ptr<int32_t>()), from(std::get<2>(out).data_ptr<bool>()) {}
+
+  void operator()(int64_t b, const float* s_row, const float* c_row) const {
+    thread_local RowScratch scratch;  // grown once per thread, reused by every later row and call
+    const int64_t n = row_texts(*num_texts, b, T);
+    const RowSpec spec{M, n, r, tokens_per_text(k_per_text, M, r, n), min_votes, spatial};
+    select_row(s_row, M, c_row, spec, scratch, idx + b * r, from + b * r, nsim + b);
+  }
+};
 
 // -- kernels -----------------------------------------------------------------------------
 
@@ -164,15 +186,14 @@ Tensor cls_contribution_cpu(const Tensor& q_cls, const Tensor& keys, const Tenso
   const float sc = static_cast<float>(scale.value_or(default_scale(D)));
   const std::vector<float> q_hat = normalised_queries(q_cls);
   const RowSource k = source(keys), v = source(values);
-  std::vector<float> lv(static_cast<size_t>(2 * B * M));
-  at::parallel_for(0, B * M, token_grain(D * (keys.element_size() + values.element_size())),
-                   [&](int64_t begin, int64_t end) {
-                     score_tokens(begin, end, M, nullptr, nullptr, 0.f, nullptr, &k, &v, q_hat.data(), lv.data());
-                   });
+  std::vector<float> lv(static_cast<size_t>(2 * B * M));  // per row: logits, ||v||
   float* out = c.data_ptr<float>();
-  at::parallel_for(0, B, row_grain(0, M), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) contribution_row(&lv[2 * b * M], &lv[2 * b * M + M], sc, M, out + b * M);
-  });
+  tokens_then_rows(
+      B, M, D * (keys.element_size() + values.element_size()),
+      [&](int64_t begin, int64_t end) {
+        score_tokens(begin, end, M, nullptr, nullptr, 0.f, nullptr, &k, &v, q_hat.data(), lv.data());
+      },
+      [&](int64_t b) { contribution_row(&lv[2 * b * M], &lv[2 * b * M + M], sc, M, out + b * M); });
   return c;
 }
 
@@ -187,8 +208,14 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& s, const Tens
   if (B == 0) return out;
   // Exact fp32 copies of fp16 / bf16 scores (the reference's .float()); fp32 contiguous: no copy.
   const Tensor s32 = s.to(at::kFloat).contiguous(), c32 = c.to(at::kFloat).contiguous();
-  select_rows(B, T, M, s32.const_data_ptr<float>(), c32.const_data_ptr<float>(), nullptr, 0.f, num_retain,
-              min_votes, k_per_text, spatial, num_texts, out);
+  const float* sp = s32.const_data_ptr<float>();
+  const float* cp = c32.const_data_ptr<float>();
+  const Selection select(T, M, num_retain, min_votes, k_per_text, spatial, num_texts, out);
+  // The selection of a row costs about (T + 2) M key operations: ~16k per task.
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>((T + 2) * M, 1)),
+                   [&](int64_t b0, int64_t b1) {
+                     for (int64_t b = b0; b < b1; ++b) select(b, sp + b * T * M, cp + b * M);
+                   });
   return out;
 }
 
@@ -214,11 +241,19 @@ std::tuple<Tensor, Tensor, Tensor> fused_select_cpu(const Tensor& hidden, const 
   // Scratch per row: T similarity rows, then the logits (overwritten by c) and ||v||.
   std::vector<float> s(static_cast<size_t>(B * T * M)), lv(static_cast<size_t>(2 * B * M));
   const int64_t bytes = h.n * hidden.element_size() + D * (keys.element_size() + values.element_size());
-  at::parallel_for(0, B * M, token_grain(bytes), [&](int64_t begin, int64_t end) {
-    score_tokens(begin, end, M, &h, &text, static_cast<float>(ln_eps), s.data(), &k, &v, q_hat.data(), lv.data());
-  });
-  select_rows(B, T, M, s.data(), nullptr, lv.data(), static_cast<float>(scale.value_or(default_scale(D))),
-              num_retain, min_votes, k_per_text, spatial, num_texts, out);
+  const float sc = static_cast<float>(scale.value_or(default_scale(D)));
+  const Selection select(T, M, num_retain, min_votes, k_per_text, spatial, num_texts, out);
+  tokens_then_rows(
+      B, M, bytes,
+      [&](int64_t begin, int64_t end) {
+        score_tokens(begin, end, M, &h, &text, static_cast<float>(ln_eps), s.data(), &k, &v, q_hat.data(),
+                     lv.data());
+      },
+      [&](int64_t b) {
+        float* c_row = &lv[2 * b * M];  // c overwrites the logits
+        contribution_row(c_row, c_row + M, sc, M, c_row);
+        select(b, &s[b * T * M], c_row);
+      });
   return out;
 }
 
