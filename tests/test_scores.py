@@ -36,7 +36,7 @@ def test_text_similarity_vs_direct_projection(shape, dtype, text_batch, device):
     torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(b, b_ref, rtol=1e-5, atol=1e-5)
     s = torch.ops.litelvlm.text_similarity(noncontig(x.hidden), w, b, 1e-5)
-    # The reference runs on the same low-precision inputs upcast to fp32 (CONVENTIONS.md item 7):
+    # The reference runs on the same low-precision inputs upcast to fp32 (docs/CONTRIBUTING.md item 7):
     # our output is fp32 computed from the same values, so fp32 tolerances apply.
     s_ref = ref.similarity_direct(x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias, 1e-5)
     assert s.shape == s_ref.shape and s.dtype == torch.float32
