@@ -111,13 +111,14 @@ def finaliser_block(M: int) -> int:
     return FINALISER_BLOCKS[-1]
 
 
-def text_group(TB: int) -> int:
+def text_group(TB: int, block_f: int) -> int:
     """G: texts whose bottom-k searches share one histogram per radix pass (concurrent).
     Two: triton's warp-ballot histogram costs about 77 instructions per element slot at
     256 bins and 136 at 512, so two texts in one pass cost 1.8x the instructions of two
     separate passes but halve the sequential passes; wider groups grow faster (G = 4:
-    ~260 per slot)."""
-    return min(TB, 2)
+    ~260 per slot). One for BLOCK_F = 4096: a [2, 4096] key tile took 255 registers and
+    spilled 120 bytes with triton 3.6 (M = 2880, T = 16)."""
+    return 1 if block_f >= 4096 else min(TB, 2)
 
 
 # 8 warps for every kernel: the finaliser's histograms and scans take half the instructions

@@ -95,8 +95,9 @@ def pick_blocks(B: int, M: int, T: int, Dv: int, D: int, force=None) -> dict:
     tb = C.text_tile(T)
     bm = C.token_tile(B, M)
     blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(max(Dv, D)), UNROLL=C.feature_unroll(bm), TB=tb,
-                  BLOCK_F=C.finaliser_block(M), RB=64, G=C.text_group(tb))
+                  BLOCK_F=C.finaliser_block(M), RB=64)
     blocks.update(force or {})
+    blocks.setdefault("G", C.text_group(blocks["TB"], blocks["BLOCK_F"]))
     blocks["SINGLE"] = M <= blocks["BLOCK_F"]
     return blocks
 

@@ -37,8 +37,9 @@ if C.has_triton():
 
 def pick_blocks(M: int, T: int, force=None) -> dict:
     """Meta-parameters of _select_tokens_kernel; force overrides any of them."""
-    blocks = dict(BLOCK_F=C.finaliser_block(M), RB=64, G=C.text_group(C.text_tile(T)))
+    blocks = dict(BLOCK_F=C.finaliser_block(M), RB=64)
     blocks.update(force or {})
+    blocks.setdefault("G", C.text_group(C.text_tile(T), blocks["BLOCK_F"]))
     blocks["SINGLE"] = M <= blocks["BLOCK_F"]
     return blocks
 
