@@ -32,7 +32,7 @@ rounds' quantiles is kept) so that load from other processes hits every provider
 
 Every row carries ``gbs`` (bytes of hidden + keys + values, read once, per second),
 ``speedup_vs_reference``, and on CUDA ``pct_of_copy``: gbs over the bandwidth of a
-device-to-device copy measured in the same run (DESIGN.md section 7's 100% mark; the
+device-to-device copy measured in the same run (docs/design.md section 7's 100% mark; the
 copy counts bytes read + written). Rows go to ``benchmarks/results/select-<device>.json``.
 """
 

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover
 
 from litelvlm_kernels.integrations.hf import LiteLVLMPruner, capture_vision
 
-try:  # helper F's analytic counter (DESIGN.md section 7)
+try:  # the analytic counter (docs/design.md section 7)
     from litelvlm_kernels.flops import DecoderConfig, prefill_macs
 except ImportError:  # pragma: no cover
     DecoderConfig = prefill_macs = None

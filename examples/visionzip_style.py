@@ -12,7 +12,7 @@ ops do it:
 ``score="attention"`` ranks by the [CLS] attention a_j alone (VisionZip's
 criterion; we pass unit-norm values so that c_j = a_j ||v_j|| = a_j),
 ``score="contribution"`` by LiteLVLM's c_j = a_j ||v_j||. Note the ops'
-attention uses L2-normalised full-width q and k (DESIGN.md section 1), not
+attention uses L2-normalised full-width q and k (docs/design.md section 1), not
 VisionZip's per-head average: the example reuses the blocks, it does not
 reproduce VisionZip's numbers. The contextual merge is plain PyTorch: the
 remaining tokens are split into ``num_contextual`` groups around evenly

@@ -1,4 +1,4 @@
-"""Plain-PyTorch restatement of DESIGN.md sections 1-2: the oracle of every test.
+"""Plain-PyTorch restatement of docs/design.md sections 1-2: the oracle of every test.
 
 Written as the method reads, not for speed: every token is projected through
 the post-layernorm and W_p, every ranking is an explicit sort, sets are built
@@ -37,7 +37,7 @@ def _broadcast_text(text_embeds: torch.Tensor, B: int) -> torch.Tensor:
 
 
 def fold_text(text_embeds, proj_weight, ln_weight, ln_bias) -> Tuple[torch.Tensor, torch.Tensor]:
-    """w_t = gamma * (W_p^T e_t), b_t = beta . (W_p^T e_t), in fp32 (DESIGN.md section 3)."""
+    """w_t = gamma * (W_p^T e_t), b_t = beta . (W_p^T e_t), in fp32 (docs/design.md section 3)."""
     u = text_embeds.float() @ proj_weight.float()  # [Bt, T, P] @ [P, Dv]
     return u * ln_weight.float(), u @ ln_bias.float()
 
@@ -104,7 +104,7 @@ def _select_row(s_row, c_row, n: int, r: int, min_votes: int, k_per_text: int, o
 
 def select(s, c, num_retain: int, min_votes: int = 1, k_per_text: int = 0, order: str = "official",
            num_texts: Optional[torch.Tensor] = None):
-    """Selection of DESIGN.md section 2 from scores s [B, T, M] and contributions c [B, M].
+    """Selection of docs/design.md section 2 from scores s [B, T, M] and contributions c [B, M].
 
     Returns (indices [B, R'] int64, num_similarity [B] int32, from_similarity [B, R'] bool).
     """

@@ -1,4 +1,4 @@
-"""Synthetic CLIP-shaped inputs (no weights can be downloaded): the shapes of DESIGN.md section 6.
+"""Synthetic CLIP-shaped inputs (no weights can be downloaded): the shapes of docs/design.md section 6.
 
 Hidden states get a few large-magnitude outlier channels, as CLIP ViT-L/14's
 have, so precision problems of the folded similarity show up in tests and demos.

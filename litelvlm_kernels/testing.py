@@ -2,7 +2,7 @@
 
 Two implementations that compute scores in a different order agree except at
 near-ties: tokens whose scores sit within floating-point tolerance of a
-cut-off (DESIGN.md section 2). ``assert_selection_close`` accepts exactly those
+cut-off (docs/design.md section 2). ``assert_selection_close`` accepts exactly those
 differences and nothing else, and says which ones it accepted.
 """
 

@@ -3,7 +3,7 @@
 Without a GPU, and with a CPU build of torch, setup.py cannot build the CUDA
 kernels (CUDA_HOME is None for the CPU wheel, and c10_cuda is absent to link
 against), so a broken .cu file would only show up on a GPU machine. This test
-runs `nvcc -c` on each file (the recipe of PLATFORM.md) so CI catches it here.
+runs `nvcc -c` on each file (the recipe of docs/design.md section 9) so CI catches it here.
 Each file takes ~25-90 s on 2 shared cores.
 
 Skips only when nvcc is absent, or when the loaded litelvlm_kernels._C already

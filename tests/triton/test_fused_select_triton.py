@@ -209,7 +209,7 @@ def test_register_and_chunked_finalisers_agree(order, device):
 
 @pytest.mark.parametrize("T,TB", [(16, 16), (6, 4)])
 def test_many_texts(T, TB, device):
-    """T = 16 (the maximum of DESIGN.md) in one text group, and T = 6 in two groups of 4."""
+    """T = 16 (the maximum of docs/design.md section 6) in one text group, and T = 6 in two groups of 4."""
     _tri.force_blocks(dict(BLOCK_M=32, BLOCK_D=32, TB=TB, BLOCK_F=64))
     x, w, b = _tri.inputs(2, T, 48, 40, 24, device=device, seed=T)
     nt = torch.tensor([T, T // 2], device=device)

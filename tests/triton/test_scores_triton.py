@@ -35,7 +35,7 @@ def test_text_similarity(case, dtype, device):
 
 def test_text_similarity_centred_form_outliers(device):
     """Large common offset and outlier channels: the centred (x - mu) . w stays accurate
-    where x . w - mu * sum(w) would cancel catastrophically (DESIGN.md section 3).
+    where x . w - mu * sum(w) would cancel catastrophically (docs/design.md section 3).
     Compared with a float64 evaluation of the direct formula."""
     _tri.force_blocks(dict(BLOCK_M=16, BLOCK_D=64))
     x, w, b = _tri.inputs(2, 2, 40, 256, 16, 24, device=device, outliers=8, outlier_scale=1000.0)

@@ -1,4 +1,4 @@
-"""The selection rules (DESIGN.md section 2) of the kernels' row finaliser, on exact scores.
+"""The selection rules (docs/design.md section 2) of the kernels' row finaliser, on exact scores.
 
 select_tokens runs fused_select's finaliser on given s and c, so these scores can hold
 exact ties, -0.0, NaN and +-inf where we want them, and the result must equal
