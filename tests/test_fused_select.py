@@ -103,9 +103,9 @@ def _with_threads(n, fn):
 
 
 def test_parallel_split_does_not_change_results():
-    """B = 1 splits the tokens across threads, B > 1 the rows (csrc/fused_select_cpu.cpp): every
-    token's score is computed the same way whatever the split, so the results are bit-identical
-    to one thread and to the same image inside a batch."""
+    """B < threads splits the tokens across threads, B >= threads the rows (csrc/fused_select_cpu.cpp):
+    every token's score is computed the same way whatever the split, so the results are bit-identical
+    to one thread and to the same image inside a batch (threads 2, 3: rows; 4 and B = 1: tokens)."""
     x = clip_inputs(3, 3, 1500, 256, 64, 32, text_batch=1, seed=21)  # 1500 tokens x 1.5 KiB: many tasks
     w, b = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
     ops = torch.ops.litelvlm
@@ -116,7 +116,7 @@ def test_parallel_split_does_not_change_results():
                 ops.fused_select(*args, 300, 1, 0, "official", None, None))
 
     one = _with_threads(1, lambda: run(3))
-    for threads in (2, 3):
+    for threads in (2, 3, 4):
         many = _with_threads(threads, lambda: run(3))
         single = _with_threads(threads, lambda: run(1))
         assert torch.equal(many[0], one[0]) and torch.equal(many[1], one[1])
