@@ -41,7 +41,7 @@ import torch
 
 from litelvlm_kernels.ops.gather_tokens import gather_tokens
 
-from .common import copy_bandwidth_gbs, markdown_table, measure, make_row, write_rows
+from .common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
 
 M = 576  # CLIP ViT-L/14-336 patch tokens (docs/design.md section 6)
 
@@ -144,7 +144,8 @@ def run(device: str, quick: bool, dtypes, grid: Optional[List[Tuple[int, int, in
                     "method": "interleaved per call" if dev.type == "cpu" else "triton.testing.do_bench",
                     "gb_per_s": nbytes / (p50 * 1e-3) / 1e9,
                     # out= rows compare with index_select's out=, the others with index_select.
-                    "vs_index_select": t["index_select.out" if name.endswith(".out") else "index_select"]["p50_ms"] / p50,
+                    "vs_index_select":
+                        t["index_select.out" if name.endswith(".out") else "index_select"]["p50_ms"] / p50,
                     "vs_torch_gather": t["torch.gather"]["p50_ms"] / p50,
                 }
                 if copy_gbs is not None:

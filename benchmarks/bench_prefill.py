@@ -38,7 +38,8 @@ Rows (one per measurement, long format, benchmarks/common.py):
   5 tiles per image, each keeping R // 5); extra ``images``, ``tiles``,
   ``visual_kept`` (R over all tiles), ``prefill_ms_pruned`` (prefill at R + text),
   ``prefill_ms_full``, ``share_of_pruned_prefill`` (prune / (prune + prefill at R)),
-  ``share_of_full_prefill`` (prune / prefill at ``--visual``), ``end_to_end_speedup`` (prefill full / (prune + prefill at R)).
+  ``share_of_full_prefill`` (prune / prefill at ``--visual``), ``end_to_end_speedup``
+  (prefill full / (prune + prefill at R)).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def cache_nbytes(cache) -> Optional[int]:
                 total += t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
         return total
     try:  # older caches: key_cache / value_cache lists, or a legacy tuple of (k, v) per layer
-        tensors = list(getattr(cache, "key_cache")) + list(getattr(cache, "value_cache"))
+        tensors = list(cache.key_cache) + list(cache.value_cache)
     except (AttributeError, TypeError):
         try:
             tensors = [t for kv in cache for t in kv]

@@ -27,8 +27,8 @@ fold_text is done once outside the timed region (a text is folded once and reuse
 Grid: B in {1, 8, 64}, M in {576, 2880}, R in {64, 192}; fp16 on CUDA, fp32 on the CPU.
 ``--quick`` (CPU smoke): B in {1, 8}, M = 576. On the CPU each shape is measured in
 ``--rounds`` interleaved rounds (every provider once per round; the median of the
-rounds' quantiles is kept) so that load from other processes hits every provider alike. On the CPU, shapes whose inputs exceed
-``--max-gb`` are skipped (the reference's projection alone would need GBs).
+rounds' quantiles is kept) so that load from other processes hits every provider alike. On the CPU,
+shapes whose inputs exceed ``--max-gb`` are skipped (the reference's projection alone would need GBs).
 
 Every row carries ``gbs`` (bytes of hidden + keys + values, read once, per second),
 ``speedup_vs_reference``, and on CUDA ``pct_of_copy``: gbs over the bandwidth of a
@@ -44,11 +44,10 @@ import sys
 
 import torch
 
-from benchmarks.common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
-from benchmarks.release_rule import release_prune
-
 import litelvlm_kernels as lk
 import litelvlm_kernels.ops  # noqa: F401  (registers torch.ops.litelvlm)
+from benchmarks.common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
+from benchmarks.release_rule import release_prune
 from litelvlm_kernels import reference
 from litelvlm_kernels.synthetic import CLIP_L14_336, clip_inputs
 

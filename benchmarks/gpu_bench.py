@@ -4,8 +4,8 @@
 
 Each part reuses the provider functions of ``bench_select`` / ``bench_gather`` /
 ``bench_prefill`` and writes long-format rows (``common.make_row``) to
-``DIR/<part>-<card>.json`` (``select-compile`` adds to ``select-<card>.json``) through ``common.RowSink``, one row at a time, so a part
-killed by its time box keeps every row measured before. Times are
+``DIR/<part>-<card>.json`` (``select-compile`` adds to ``select-<card>.json``) through ``common.RowSink``,
+one row at a time, so a part killed by its time box keeps every row measured before. Times are
 ``triton.testing.do_bench`` medians after its warm-up (CUDA events), except the
 ``*.wall`` providers: host wall-clock time per eagerly called op (``common.wall_per_call``).
 
@@ -15,8 +15,8 @@ killed by its time box keeps every row measured before. Times are
   replay), ``ops.wall``, ``api`` / ``api.wall`` (``litelvlm_kernels.prune``); at both
   sizes ``release`` (the release's eager rule, ``bench_select._release_fn``) when
   bench_select has it, and ``speedup_vs_release``. B = 64
-  (frames): ``ops``, ``ops.cudagraph``, ``ops.wall``, ``api``, ``api.wall`` with GB/s on the bytes that must be read (hidden +
-  keys + values once) and % of a device-to-device copy timed in the same process
+  (frames): ``ops``, ``ops.cudagraph``, ``ops.wall``, ``api``, ``api.wall`` with GB/s on the bytes that must be
+  read (hidden + keys + values once) and % of a device-to-device copy timed in the same process
   (op ``d2d_copy``; docs/design.md section 7's 100% mark counts bytes read + written).
 - ``select-compile``: ``reference.compile`` (``torch.compile`` of the reference) at B = 1,
   a part of its own because compiling takes tens of seconds.
@@ -71,7 +71,8 @@ def _check_select(x, folded, R) -> dict:
     except AssertionError as e:
         valid = False
         _log(f"select check: INVALID indices: {e}")
-    expected = torch.gather(x.hidden, 1, idx.clamp(0, x.hidden.shape[1] - 1)[..., None].expand(-1, -1, x.hidden.shape[-1]))
+    safe = idx.clamp(0, x.hidden.shape[1] - 1)
+    expected = torch.gather(x.hidden, 1, safe[..., None].expand(-1, -1, x.hidden.shape[-1]))
     gathered = bool(torch.equal(tokens, expected))
     ref_idx, _ = bench_select._reference_fn(x, R)()
     same = (torch.sort(idx, 1).values == torch.sort(ref_idx, 1).values).float().mean().item()

@@ -182,7 +182,8 @@ def main(argv=None) -> int:
     if a.dry_run:
         steps = _budgeted(plan(a.outdir, "<logs>", python=a.python, cores=os.cpu_count() or 1, arch="<card's>"),
                           budgets)
-        print(f"gpu_check plan (dry run): {len(steps)} steps, {total_budget([s for s in steps if _selected(s.name, a)])}"
+        selected = [s for s in steps if _selected(s.name, a)]
+        print(f"gpu_check plan (dry run): {len(steps)} steps, {total_budget(selected)}"
               f" s of budgets for the steps selected, deadline {a.deadline:.0f} s")
         for s in steps:
             mark = "" if _selected(s.name, a) else "  [left out]"

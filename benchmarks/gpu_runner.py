@@ -141,7 +141,8 @@ class Runner:
     def run_all(self, steps) -> int:
         i = self.info
         self.say(f"{i.get('device')} (sm {i.get('arch')}, {i.get('sms')} SMs, {i.get('mem_gib')} GiB), "
-                 f"{i.get('cores')} cores; python {i.get('python')}, torch {i.get('torch')} (CUDA {i.get('torch_cuda')}), "
+                 f"{i.get('cores')} cores; python {i.get('python')}, "
+                 f"torch {i.get('torch')} (CUDA {i.get('torch_cuda')}), "
                  f"triton {i.get('triton')}, transformers {i.get('transformers')}, xdist {i.get('xdist')}; "
                  f"deadline {self.deadline_s:.0f} s")
         for cmd in (["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used",

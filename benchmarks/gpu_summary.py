@@ -40,7 +40,8 @@ def _fig(name: str, value: float | None, fmt: str, target: str = "",
          ok: Callable[[float], bool] | None = None) -> dict:
     if value is None:
         return {"figure": name, "value": "not measured", "target": target, "met": None if not target else False}
-    return {"figure": name, "value": fmt.format(value), "target": target, "met": None if ok is None else bool(ok(value))}
+    met = None if ok is None else bool(ok(value))
+    return {"figure": name, "value": fmt.format(value), "target": target, "met": met}
 
 
 def figures(rows: list[dict]) -> list[dict]:

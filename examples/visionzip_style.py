@@ -68,8 +68,9 @@ def contextual_tokens(hidden, keys, rest, num_contextual):
     sim = k @ k[:, targets].transpose(1, 2)  # [B, N, C]
     group = sim.argmax(-1)  # each remaining token joins its most similar target
     group[:, targets] = torch.arange(targets.numel(), device=rest.device)  # a target is in its own group
-    sums = torch.zeros(B, targets.numel(), Dv, device=h.device).scatter_add_(1, group.unsqueeze(-1).expand(-1, -1, Dv), h)
-    counts = torch.zeros(B, targets.numel(), device=h.device).scatter_add_(1, group, torch.ones_like(group, dtype=h.dtype))
+    n = targets.numel()
+    sums = torch.zeros(B, n, Dv, device=h.device).scatter_add_(1, group.unsqueeze(-1).expand(-1, -1, Dv), h)
+    counts = torch.zeros(B, n, device=h.device).scatter_add_(1, group, torch.ones_like(group, dtype=h.dtype))
     return (sums / counts.unsqueeze(-1)).to(hidden.dtype)
 
 
@@ -93,7 +94,8 @@ def visionzip_plain_torch(hidden, q_cls, keys, values, num_dominant=54, num_cont
     rest = torch.stack([row.nonzero().squeeze(1) for row in mask])
     B, N = rest.shape
     h = torch.gather(hidden, 1, rest.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])).float()
-    kk = torch.nn.functional.normalize(torch.gather(keys, 1, rest.unsqueeze(-1).expand(-1, -1, keys.shape[-1])).float(), dim=-1)
+    kk = torch.gather(keys, 1, rest.unsqueeze(-1).expand(-1, -1, keys.shape[-1])).float()
+    kk = torch.nn.functional.normalize(kk, dim=-1)
     targets = list(range(0, N, max(N // num_contextual, 1)))[:num_contextual]
     ctx = []
     for b in range(B):

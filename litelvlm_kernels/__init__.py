@@ -9,8 +9,10 @@ The operators live under ``torch.ops.litelvlm`` (see ``litelvlm_kernels.ops``);
 ``litelvlm_kernels.reference`` is the plain-PyTorch oracle.
 """
 
-from . import ops  # noqa: F401  (registers torch.ops.litelvlm.*)
-from . import reference  # noqa: F401
+from . import (
+    ops,  # noqa: F401  (registers torch.ops.litelvlm.*)
+    reference,  # noqa: F401
+)
 from .api import FoldedText, PruneResult, fold_text, prune
 
 __version__ = "0.1.0"

@@ -58,10 +58,10 @@ def main(argv=None):
         ref = reference.prune(x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias, x.q_cls, x.keys,
                               x.values, r, min_votes=min_votes)
         out = prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=r, multi_text=multi)
-        t_ref = _time(lambda: reference.prune(x.hidden, x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias,
-                                              x.q_cls, x.keys, x.values, r, min_votes=min_votes), args.repeat,
-                      args.device)
-        t_ops = _time(lambda: prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=r, multi_text=multi),
+        t_ref = _time(lambda r=r: reference.prune(x.hidden, x.text_embeds, x.proj_weight, x.ln_weight,
+                                                  x.ln_bias, x.q_cls, x.keys, x.values, r, min_votes=min_votes),
+                      args.repeat, args.device)
+        t_ops = _time(lambda r=r: prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=r, multi_text=multi),
                       args.repeat, args.device)
         same_set = all(set(a.tolist()) == set(b.tolist()) for a, b in zip(out.indices.cpu(), ref[0].cpu()))
         same_order = torch.equal(out.indices.cpu(), ref[0].cpu())

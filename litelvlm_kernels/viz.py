@@ -184,8 +184,8 @@ def save_png(path, rgb: np.ndarray, *, caption: Optional[str] = None) -> str:
         import matplotlib.image as mpimg
         mpimg.imsave(path, rgb)
         return path
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     H, W, _ = rgb.shape
     dpi = 100

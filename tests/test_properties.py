@@ -26,7 +26,8 @@ def selection_case(draw):
     vals = draw(st.lists(SPECIAL if mix else st.floats(-4, 4, width=32), min_size=n, max_size=n))
     t = torch.tensor(vals, dtype=torch.float32)
     s, c = t[: B * T * M].view(B, T, M), t[B * T * M:].view(B, M)
-    num_texts = draw(st.none() | st.lists(st.integers(-2, 6), min_size=B, max_size=B).map(lambda v: torch.tensor(v, dtype=torch.int64)))
+    num_texts = draw(st.none() | st.lists(st.integers(-2, 6), min_size=B, max_size=B)
+                     .map(lambda v: torch.tensor(v, dtype=torch.int64)))
     order = draw(st.sampled_from(["official", "spatial"]))
     return s, c, R, min_votes, k, order, num_texts
 

@@ -49,7 +49,7 @@ def test_contribution_matches_hand_formula():
     c = ref.contribution_direct(q, k, v)
     qh = q[0] / q[0].norm()
     logits = [(qh @ (k[0, j] / k[0, j].norm())).item() / math.sqrt(D) for j in range(M)]
-    z = sum(math.exp(l) for l in logits)
+    z = sum(math.exp(logit) for logit in logits)
     for j in range(M):
         a = math.exp(logits[j]) / z
         assert c[0, j].item() == pytest.approx(a * v[0, j].norm().item(), rel=1e-5)
