@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test suite, in three pytest processes (Triton reads TRITON_INTERPRET at
-# import, so interpreted and compiled Triton cannot share a process):
+# The test suite: the linter, then three pytest processes (Triton reads
+# TRITON_INTERPRET at import, so interpreted and compiled Triton cannot share a process):
+#  0. ruff check (config in pyproject.toml; ruff comes with the `test` extra,
+#     scripts/install.sh installs it; SKIP_LINT=1 skips it, e.g. on a bare GPU box);
 #  1. everything but tests/triton (CPU ops, C++ gather, nvcc compile-check of csrc/cuda, HF, examples);
 #  2. tests/triton: the Triton kernels, on CUDA when there is a GPU, else on the
 #     CPU under TRITON_INTERPRET=1 against the reference;
@@ -8,6 +10,14 @@
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
+
+if [ "${SKIP_LINT:-0}" != "1" ]; then
+    if ! "$PYTHON" -m ruff --version >/dev/null 2>&1; then
+        echo "[test] ruff is not installed: run scripts/install.sh (the 'test' extra), or set SKIP_LINT=1" >&2
+        exit 1
+    fi
+    "$PYTHON" -m ruff check .
+fi
 
 "$PYTHON" -m pytest tests --ignore=tests/triton -q -p no:cacheprovider "$@"
 if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
