@@ -83,19 +83,21 @@ def feature_tile(width: int) -> int:
     return min(cap, max(16, next_pow2(width)))
 
 
-def feature_unroll(block_m: int) -> int:
-    """UNROLL of the feature loops: 2 with 16-token tiles (small batches, latency-bound: a
-    thread has two tiles' loads in flight before the first FMA waits), 1 with 32-token
-    tiles (many programs per SM hide the latency). Unrolling the 32-token variant (and a
-    256-wide tile at 16 tokens) makes triton 3.6's LLVM abort in its SLP vectorizer."""
-    return 2 if block_m <= 16 else 1
+def feature_unroll(block_m: int, tb: int) -> int:
+    """UNROLL of the feature loops: 2 with 16-token tiles and TB <= 2 (small batches,
+    latency-bound: a thread has two tiles' loads in flight before the first FMA waits),
+    else 1. Measured with tests/triton/aot_compile.py: unrolling the 32-token variant
+    makes triton 3.6's LLVM abort in its SLP vectorizer, and with TB >= 8 ptxas capped
+    the unrolled kernel at 128 registers and spilled (36 bytes)."""
+    return 2 if block_m <= 16 and tb <= 2 else 1
 
 
 def text_tile(T: int) -> int:
-    """TB: texts per pass over a token's features, next_pow2(T) <= 8: x is streamed once for
-    T <= 8, twice for T = 16 (the second time mostly from L2). TB = 16 took 255 registers in
-    text_similarity and spilled in fused_select at M = 2880 with triton 3.6."""
-    return min(8, next_pow2(max(T, 1)))
+    """TB: texts per pass over a token's features, next_pow2(T) <= 4: x is streamed once for
+    T <= 4 and T / 4 times for more (the later passes mostly from L2). TB = 16 took 255
+    registers in text_similarity and spilled in fused_select (M = 2880, triton 3.6); TB = 8
+    spilled 4 bytes at M = 49 with triton 3.6."""
+    return min(4, next_pow2(max(T, 1)))
 
 
 # BLOCK_F, the finaliser's row chunk, takes one of three values so that the number of

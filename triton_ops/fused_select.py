@@ -94,7 +94,7 @@ def pick_blocks(B: int, M: int, T: int, Dv: int, D: int, force=None) -> dict:
     any of them (tests run the GPU sizes and the chunked finaliser under the interpreter)."""
     tb = C.text_tile(T)
     bm = C.token_tile(B, M)
-    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(max(Dv, D)), UNROLL=C.feature_unroll(bm), TB=tb,
+    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(max(Dv, D)), UNROLL=C.feature_unroll(bm, tb), TB=tb,
                   BLOCK_F=C.finaliser_block(M), RB=64)
     blocks.update(force or {})
     blocks.setdefault("G", C.text_group(blocks["TB"], blocks["BLOCK_F"]))

@@ -54,7 +54,8 @@ if C.has_triton():
 def pick_blocks(B: int, M: int, T: int, Dv: int, force=None) -> dict:
     """Meta-parameters of _text_similarity_kernel (rules in _common.py)."""
     bm = C.token_tile(B, M)
-    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(Dv), UNROLL=C.feature_unroll(bm), TB=C.text_tile(T))
+    tb = C.text_tile(T)
+    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(Dv), UNROLL=C.feature_unroll(bm, tb), TB=tb)
     blocks.update(force or {})
     return blocks
 

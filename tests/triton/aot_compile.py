@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="B in {1, 64}, M in {576, 16384}, T = 2, fp16")
     ap.add_argument("--match", default="", help="only launches whose 'kernel label' matches this regex")
     ap.add_argument("--no-cache", action="store_true", help="compile every variant, ignore cached figures")
+    ap.add_argument("--cached-only", action="store_true", help="report the cached variants, compile nothing")
     a = ap.parse_args(argv)
     backend = make_backend(GPUTarget("cuda", a.sm, 32))
     variants = {}  # key -> [module, kernel name, compile args, constexprs, labels]
@@ -195,6 +196,9 @@ def main(argv=None) -> int:
         else:
             todo[key] = h
     print(f"{len(results)} read from {cache_path}, {len(todo)} to compile", flush=True)
+    if a.cached_only:
+        variants = {k: v for k, v in variants.items() if k in results}
+        todo = {}
     with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
         futs = {ex.submit(_compile_in_subprocess, (variants[k][0], variants[k][1], variants[k][2], a.sm)): k
                 for k in todo}
