@@ -138,6 +138,21 @@ __global__ void gather_strided_kernel(const char* __restrict__ src, char* __rest
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Calls f(T{}) with T the unsigned type of `bytes` bytes (1, 2, 4, 8), or Wide16 for 16:
+// uint4 (16-byte aligned, 128-bit loads) for vectors, Bytes16 (8-byte aligned) for elements.
+template <typename Wide16, typename F>
+void with_type_of_size(int64_t bytes, const at::Tensor& tokens, F&& f) {
+  switch (bytes) {
+    case 1: f(uint8_t{}); break;
+    case 2: f(uint16_t{}); break;
+    case 4: f(uint32_t{}); break;
+    case 8: f(uint64_t{}); break;
+    case 16: f(Wide16{}); break;
+    default: TORCH_CHECK(false, "gather_tokens: unsupported element size ", bytes, " for dtype ",
+                         tokens.scalar_type());
+  }
+}
+
 template <typename index_t, typename Launch>
 void launch(int64_t rows, int64_t work_per_thread, const GatherParams& p, Launch&& kernel_launch) {
   // Threads: enough for one pass over the row, rounded to a warp, 32..256.
@@ -188,36 +203,20 @@ void gather_cuda_typed(const at::Tensor& tokens, const at::Tensor& indices, cons
     if (R > 1) bits |= static_cast<uint64_t>(p.osR);
     const int64_t width = static_cast<int64_t>(bits & (~bits + 1));  // lowest set bit, <= 16
     p.n = row_bytes / width;
-    auto go = [&](auto vec_tag) {
+    with_type_of_size<uint4>(width, tokens, [&](auto vec_tag) {
       using V = decltype(vec_tag);
       launch<index_t>(rows, kUnroll, p, [&](dim3 grid, dim3 block) {
         gather_rows_kernel<V, index_t><<<grid, block, 0, stream>>>(src, dst, idx, p);
       });
-    };
-    switch (width) {
-      case 16: go(uint4{}); break;
-      case 8: go(uint2{}); break;
-      case 4: go(uint32_t{}); break;
-      case 2: go(uint16_t{}); break;
-      default: go(uint8_t{}); break;
-    }
+    });
   } else {
     p.n = C;
-    auto go = [&](auto elem_tag) {
+    with_type_of_size<Bytes16>(itemsize, tokens, [&](auto elem_tag) {
       using T = decltype(elem_tag);
       launch<index_t>(rows, 1, p, [&](dim3 grid, dim3 block) {
         gather_strided_kernel<T, index_t><<<grid, block, 0, stream>>>(src, dst, idx, p);
       });
-    };
-    switch (itemsize) {
-      case 1: go(uint8_t{}); break;
-      case 2: go(uint16_t{}); break;
-      case 4: go(uint32_t{}); break;
-      case 8: go(uint64_t{}); break;
-      case 16: go(Bytes16{}); break;
-      default: TORCH_CHECK(false, "gather_tokens: unsupported element size ", itemsize, " for dtype ",
-                           tokens.scalar_type());
-    }
+    });
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
