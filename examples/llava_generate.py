@@ -28,7 +28,6 @@ Run: ``python examples/llava_generate.py [--retain 16]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -38,15 +37,9 @@ import torch  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--retain", type=int, default=16, help=f"visual tokens kept per image (of {tl.M})")
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=3, help="timed forwards (median)")
-    args = p.parse_args(argv)
-
-    tok = tl.clip_tokenizer()
-    clip = tl.tiny_clip(tok)
-    model = tl.tiny_lvlm("llava", clip)
+    args, tok, clip, model = tl.example_setup(
+        "llava", __doc__, argv, 16,
+        f"visual tokens kept per image (of {tl.M})")
     ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, tl.M)] * 3)  # what LlavaProcessor emits
     px = torch.randn(3, 3, tl.IMAGE, tl.IMAGE, generator=torch.Generator().manual_seed(0))
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=px)

@@ -21,7 +21,6 @@ Run: ``python examples/llava_next_generate.py [--retain 16] [--budget per_tile|g
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,16 +32,9 @@ SIZES = torch.tensor([[50, 120], [100, 90], [128, 40]])  # (H, W) of the origina
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--retain", type=int, default=16, help="tokens kept per view (per_tile) or image (global)")
-    p.add_argument("--budget", choices=["per_tile", "global"], default="per_tile")
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args(argv)
-
-    tok = tl.clip_tokenizer()
-    clip = tl.tiny_clip(tok)
-    model = tl.tiny_lvlm("llava_next", clip)
+    args, tok, clip, model = tl.example_setup(
+        "llava_next", __doc__, argv, 16,
+        "tokens kept per view (per_tile) or image (global)", budget=("--budget", ["per_tile", "global"]))
     # the stock placeholder count of each image, as LlavaNextProcessor computes it
     from litelvlm_kernels.integrations.llava_next import geometry, stock_placeholder_count
 

@@ -20,7 +20,6 @@ Run: ``python examples/llava_next_video_generate.py [--retain 4] [--video-budget
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,16 +31,9 @@ FRAMES = 4
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--retain", type=int, default=4, help="pooled tokens kept per frame (per_frame) or video")
-    p.add_argument("--video-budget", choices=["per_frame", "per_clip"], default="per_frame")
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args(argv)
-
-    tok = tl.clip_tokenizer()
-    clip = tl.tiny_clip(tok)
-    model = tl.tiny_lvlm("llava_next_video", clip)
+    args, tok, clip, model = tl.example_setup(
+        "llava_next_video", __doc__, argv, 4,
+        "pooled tokens kept per frame (per_frame) or video", budget=("--video-budget", ["per_frame", "per_clip"]))
     pooled = (tl.IMAGE // tl.PATCH // model.config.spatial_pool_stride) ** 2  # 16 per frame
     ids, mask = tl.prompt_ids([1, 1], [(tl.VIDEO_TOKEN, FRAMES * pooled)] * 2)
     videos = torch.randn(2, FRAMES, 3, tl.IMAGE, tl.IMAGE, generator=torch.Generator().manual_seed(0))

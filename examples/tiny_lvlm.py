@@ -104,6 +104,26 @@ def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa"):
     return model
 
 
+def example_setup(family: str, doc: str, argv, retain: int, retain_help: str, budget: tuple = ()):
+    """The generate examples' shared start: their command line and the tiny (tokenizer, clip, model).
+
+    ``budget`` is ``(flag, choices)`` for a family with budget semantics, e.g.
+    ``("--budget", ["per_tile", "global"])``; the first choice is the default.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--retain", type=int, default=retain, help=retain_help)
+    if budget:
+        p.add_argument(budget[0], choices=budget[1], default=budget[1][0])
+    p.add_argument("--new-tokens", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=3, help="timed forwards (median)")
+    args = p.parse_args(argv)
+    tok = clip_tokenizer()
+    clip = tiny_clip(tok)
+    return args, tok, clip, tiny_lvlm(family, clip)
+
+
 def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pad_left: tuple = ()):
     """input_ids / attention_mask as a processor makes them: text, the placeholders of each image, text.
 

@@ -123,8 +123,8 @@ def prune(hidden: torch.Tensor, text: Union[torch.Tensor, FoldedText], q_cls: to
     >>> import litelvlm_kernels as lk
     >>> from litelvlm_kernels.synthetic import clip_inputs
     >>> x = clip_inputs(2, 2, 64, 32, 16, 16, seed=0)
-    >>> text = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
-    >>> out = lk.prune(x.hidden, text, x.q_cls, x.keys, x.values, num_retain=16)
+    >>> out = lk.prune(x.hidden, x.text_embeds, x.q_cls, x.keys, x.values, num_retain=16,
+    ...                proj_weight=x.proj_weight, ln_weight=x.ln_weight, ln_bias=x.ln_bias)
     >>> tuple(out.indices.shape), tuple(out.tokens.shape)
     ((2, 16), (2, 16, 32))
     """

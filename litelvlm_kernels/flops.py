@@ -223,7 +223,8 @@ def prefill_breakdown(
     prune_layer: int = 0,
     include_lm_head: bool | str = False,
 ) -> dict[str, int]:
-    """Components of :func:`prefill_macs` (arguments as there).
+    """Components of :func:`prefill_macs`; its keyword options (``keep``, ``prune_layer``,
+    ``include_lm_head``) are this function's keyword-only arguments.
 
     Keys: ``tokens_full`` (n0), ``tokens_kept`` (n1, = n0 without pruning),
     ``layers_full`` (K, or L without pruning), ``layers_pruned``,
@@ -262,15 +263,7 @@ def prefill_breakdown(
     return out
 
 
-def prefill_macs(
-    cfg: DecoderConfig,
-    num_visual: int,
-    num_text: int,
-    *,
-    keep: int | None = None,
-    prune_layer: int = 0,
-    include_lm_head: bool | str = False,
-) -> int:
+def prefill_macs(cfg: DecoderConfig, num_visual: int, num_text: int, **options) -> int:
     """Multiply-accumulates of a decoder prefill over ``num_visual + num_text`` tokens.
 
     Per layer fed ``n`` tokens (``h_q = heads * head_dim = h`` for LLaMA,
@@ -290,26 +283,12 @@ def prefill_macs(
     >>> prefill_macs(DecoderConfig.preset("vicuna-7b"), 576, 64)
     4252017623040
     """
-    return prefill_breakdown(
-        cfg, num_visual, num_text, keep=keep, prune_layer=prune_layer,
-        include_lm_head=include_lm_head,
-    )["total"]
+    return prefill_breakdown(cfg, num_visual, num_text, **options)["total"]
 
 
-def prefill_flops(
-    cfg: DecoderConfig,
-    num_visual: int,
-    num_text: int,
-    *,
-    keep: int | None = None,
-    prune_layer: int = 0,
-    include_lm_head: bool | str = False,
-) -> int:
-    """``2 * prefill_macs(...)`` (one multiply-accumulate = two FLOPs)."""
-    return 2 * prefill_macs(
-        cfg, num_visual, num_text, keep=keep, prune_layer=prune_layer,
-        include_lm_head=include_lm_head,
-    )
+def prefill_flops(cfg: DecoderConfig, num_visual: int, num_text: int, **options) -> int:
+    """``2 * prefill_macs(...)`` (one multiply-accumulate = two FLOPs); same keyword options."""
+    return 2 * prefill_macs(cfg, num_visual, num_text, **options)
 
 
 # --------------------------------------------------------------------------- CLI
