@@ -235,6 +235,8 @@ def _load(path):
 
 
 def _save(path, cache):
+    # Merge with what another run saved meanwhile (several processes may share the file).
+    cache.update({k: v for k, v in _load(path).items() if k not in cache})
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
