@@ -66,12 +66,9 @@ def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_e
 
     Parameters
     ----------
-    hidden : torch.Tensor
-        [B, M, Dv] visual tokens (fp32 / fp16 / bf16, any strides).
-    w, b : torch.Tensor
-        Folded text [Bt, T, Dv] and [Bt, T], Bt in {1, B}.
-    ln_eps : float
-        LayerNorm epsilon.
+    hidden, w, b, ln_eps
+        As :func:`fused_select`: hidden [B, M, Dv] (any float dtype, any strides), the
+        folded text w [Bt, T, Dv] / b [Bt, T] with Bt in {1, B}, the post-layernorm epsilon.
 
     Returns
     -------
