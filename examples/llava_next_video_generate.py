@@ -6,14 +6,9 @@ as the real model pools 576 to 144. Two videos of 4 frames, one prompt each.
 ``--video-budget per_frame`` keeps R pooled tokens per frame, ``per_clip`` R
 per video. Printed as ``llava_generate.py``.
 
-With real checkpoints (not runnable here)::
-
-    model = LlavaNextVideoForConditionalGeneration.from_pretrained("llava-hf/LLaVA-NeXT-Video-7B-hf", ...)
-    processor = LlavaNextVideoProcessor.from_pretrained("llava-hf/LLaVA-NeXT-Video-7B-hf")
-    clip = CLIPModel.from_pretrained("openai/clip-vit-large-patch14-336", ...)
-    with enable_litelvlm(model, clip, clip_tok, num_retain=48, video_budget="per_frame"):
-        out = model.generate(**processor(videos=clip_frames, text=prompt, return_tensors="pt"),
-                             referring_expressions=[["the dog chasing the ball"]], max_new_tokens=30)
+A real checkpoint (llava-hf/LLaVA-NeXT-Video-7B-hf with openai/clip-vit-large-patch14-336)
+takes the same calls, with ``processor(videos=...)``: docs/integrations.md, section
+"Video: LLaVA-NeXT-Video", has the snippet.
 
 Run: ``python examples/llava_next_video_generate.py [--retain 4] [--video-budget per_frame|per_clip]``.
 """

@@ -5,8 +5,10 @@
 #     scripts/install.sh installs it; SKIP_LINT=1 skips it, e.g. on a bare GPU box);
 #  1. everything but tests/triton (CPU ops, C++ gather, nvcc compile-check of csrc/cuda, HF, examples);
 #  2. tests/triton: the Triton kernels, on CUDA when there is a GPU, else on the
-#     CPU under TRITON_INTERPRET=1 against the reference;
+#     CPU under TRITON_INTERPRET=1 against the reference (plus the sm_90 compile check);
 #  3. the pytest-benchmark files once each, as a smoke test (no timing asserted).
+# 1 and 2 are single-threaded for most of their run, so they run side by side (2's log
+# streams, 1's is printed when both are done); SERIAL=1 runs them one after the other.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
@@ -19,10 +21,32 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
     "$PYTHON" -m ruff check .
 fi
 
-"$PYTHON" -m pytest tests --ignore=tests/triton -q -p no:cacheprovider "$@"
-if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    "$PYTHON" -m pytest tests/triton -q -p no:cacheprovider "$@"
+main_suite() { "$PYTHON" -m pytest tests --ignore=tests/triton -q -p no:cacheprovider "$@"; }
+triton_suite() {
+    if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        "$PYTHON" -m pytest tests/triton -q -p no:cacheprovider "$@"
+    else
+        TRITON_INTERPRET=1 "$PYTHON" -m pytest tests/triton -q -p no:cacheprovider "$@"
+    fi
+}
+
+if [ "${SERIAL:-0}" = "1" ]; then
+    main_suite "$@"
+    triton_suite "$@"
 else
-    TRITON_INTERPRET=1 "$PYTHON" -m pytest tests/triton -q -p no:cacheprovider "$@"
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    main_suite "$@" >"$log" 2>&1 &
+    main_pid=$!
+    triton_rc=0
+    triton_suite "$@" || triton_rc=$?
+    main_rc=0
+    wait "$main_pid" || main_rc=$?
+    echo "---- tests (without tests/triton) ----"
+    cat "$log"
+    if [ "$main_rc" != 0 ] || [ "$triton_rc" != 0 ]; then
+        echo "[test] FAILED: tests exit $main_rc, tests/triton exit $triton_rc" >&2
+        exit 1
+    fi
 fi
 "$PYTHON" -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable "$@"

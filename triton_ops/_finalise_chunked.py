@@ -101,49 +101,35 @@ if _HAS_TRITON:
         V = tl.max(V, axis=0)
         I = tl.max(I, axis=0)
 
-        # ---- phase C: output.
+        # ---- phase C: output. Official: the recovered tokens by falling contribution (ties:
+        # lower index) first, compacted as packed (key << 32 | index) int64 into scratch and
+        # ranked by counting the smaller packed keys; then S by ascending index.
+        # Spatial: every kept token by ascending index.
+        nR = tl.zeros([], dtype=tl.int32)
         if OFFICIAL:
-            # Recovered tokens by falling contribution (ties: lower index): compact them as
-            # packed (key << 32 | index) int64 into scratch, then rank each by counting the
-            # smaller packed keys.
-            run = tl.zeros([], dtype=tl.int32)
             for c0 in range(0, M, BLOCK_F):
                 offs = c0 + ar
                 valid = offs < M
                 key = tl.load(keys_row + offs, mask=valid, other=SENTINEL)
                 mem = valid & _member(key, offs, V, I)
-                pos = run + tl.cumsum(mem.to(tl.int32), axis=0) - 1
+                pos = nR + tl.cumsum(mem.to(tl.int32), axis=0) - 1
                 tl.store(list_row + pos, (key.to(tl.int64) << 32) | offs.to(tl.int64), mask=mem)
-                run += tl.sum(mem.to(tl.int32), axis=0)
-            nR = run
+                nR += tl.sum(mem.to(tl.int32), axis=0)
             tl.debug_barrier()
             _rank_recovered(list_row, nR, o_row, f_row, R, RB)
-            # Then S by ascending index.
-            run = tl.zeros([], dtype=tl.int32)
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
-                votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
-                in_s = valid & has_s & (votes >= thr)
-                pos = nR + run + tl.cumsum(in_s.to(tl.int32), axis=0) - 1
-                om = in_s & (pos < R)
-                tl.store(o_row + pos, offs.to(tl.int64), mask=om)
-                tl.store(f_row + pos, tl.full([BLOCK_F], 1, tl.int8), mask=om)
-                run += tl.sum(in_s.to(tl.int32), axis=0)
-        else:
-            # Spatial: every kept token by ascending index.
-            run = tl.zeros([], dtype=tl.int32)
-            for c0 in range(0, M, BLOCK_F):
-                offs = c0 + ar
-                valid = offs < M
+        run = nR
+        for c0 in range(0, M, BLOCK_F):
+            offs = c0 + ar
+            valid = offs < M
+            votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
+            in_s = valid & has_s & (votes >= thr)
+            sel = in_s
+            if not OFFICIAL:
                 key = tl.load(keys_row + offs, mask=valid, other=SENTINEL)
-                in_r = valid & _member(key, offs, V, I)
-                votes = tl.load(votes_row + offs, mask=valid & has_s, other=0)
-                in_s = valid & has_s & (votes >= thr)
-                sel = in_r | in_s
-                pos = run + tl.cumsum(sel.to(tl.int32), axis=0) - 1
-                om = sel & (pos < R)
-                tl.store(o_row + pos, offs.to(tl.int64), mask=om)
-                tl.store(f_row + pos, in_s.to(tl.int8), mask=om)
-                run += tl.sum(sel.to(tl.int32), axis=0)
+                sel = in_s | (valid & _member(key, offs, V, I))
+            pos = run + tl.cumsum(sel.to(tl.int32), axis=0) - 1
+            om = sel & (pos < R)
+            tl.store(o_row + pos, offs.to(tl.int64), mask=om)
+            tl.store(f_row + pos, in_s.to(tl.int8), mask=om)
+            run += tl.sum(sel.to(tl.int32), axis=0)
         return nS

@@ -15,7 +15,8 @@ R' - |S| <= M - |S| for recovery), so the sentinels are never reached.
 Search: V = the k-th smallest key is found digit by digit from the top, 8 bits per
 pass (4 passes): a pass takes one ``tl.histogram`` of the current digit of the keys
 whose higher digits equal the prefix found so far, and the digit where the running
-count reaches k. G rows (texts) are searched at once in one G x 256-bin histogram.
+count reaches k (one packed min over the bins, _pick_digit). G rows (texts) are
+searched at once in one G x 256-bin histogram.
 Ties at V go to the lowest indices: I = the largest index taken among the keys == V,
 needed (one scan) only when V's keys are split between taken and not taken.
 """
@@ -70,20 +71,35 @@ if _HAS_TRITON:
             return tl.histogram(bins, G * 256, mask=tl.reshape(match, [G * BLOCK_F]))
 
     @triton.jit
-    def _pick3(d1, b1, f1, d2, b2, f2):
-        return d1 + d2, tl.maximum(b1, b2), tl.minimum(f1, f2)
+    def _pick_digit(h, need, G: tl.constexpr, LAST: tl.constexpr, WIDE: tl.constexpr):
+        """Per row: the digit d where the running count reaches need and the count of keys
+        below it, from a scan and ONE sum over the [G, 256] bins (d = the bins whose running
+        count is below need, in the high part; their keys, in the low part: 16 bits of an
+        int32 for a single-chunk row, whose counts are <= BLOCK_F <= 4096; 32 bits of an
+        int64 when WIDE, rows streamed in chunks with counts up to M). LAST
+        (the final digit) adds the count at d, the keys equal to the k-th: a second sum, over
+        the one bin whose running count reaches need while the count before it does not.
 
-    @triton.jit
-    def _pick_digit(h, need, G: tl.constexpr):
-        """Per row: the digit d where the running count reaches need, the count of keys
-        below it and the count at it. Two small steps over the [G, 256] bins (a scan and
-        one 3-operand reduction), none over the row."""
-        cum = tl.cumsum(tl.reshape(h, [G, 256]), axis=1)
+        Built-in sums only: under the interpreter a tl.reduce with a custom combine runs
+        element by element in Python (a 3-operand one here was 75% of the interpreted test
+        time); a packed int64 min with its index made ptxas spill 4-16 bytes in 3 of 105
+        variants."""
+        hb = tl.reshape(h, [G, 256])
+        cum = tl.cumsum(hb, axis=1)
         lt = cum < need[:, None]
-        # d = #bins below, below = cum[d - 1], cum[d] = the first running count >= need.
-        d, below, upto = tl.reduce((lt.to(tl.int32), tl.where(lt, cum, 0), tl.where(lt, 2147483647, cum)),
-                                   1, _pick3)
-        return d, below, upto - below
+        if WIDE:
+            s = tl.sum(tl.where(lt, 4294967296 + hb.to(tl.int64), 0), axis=1)
+            d = (s >> 32).to(tl.int32)
+            below = (s & 0xFFFFFFFF).to(tl.int32)
+        else:
+            s = tl.sum(tl.where(lt, 65536 + hb, 0), axis=1)
+            d = s >> 16
+            below = s & 0xFFFF
+        if LAST:
+            at = tl.sum(tl.where((cum >= need[:, None]) & (cum - hb < need[:, None]), hb, 0), axis=1)
+        else:
+            at = need
+        return d, below, at
 
     @triton.jit
     def _kth_key(keys, k_ptr, M, k, G: tl.constexpr, BLOCK_F: tl.constexpr, SINGLE: tl.constexpr):
@@ -94,6 +110,7 @@ if _HAS_TRITON:
         of M keys are in scratch at k_ptr (row g at k_ptr + g * M) and every pass streams
         them in BLOCK_F chunks (keys is unused). k[g] = 0 selects nothing.
         """
+        tl.static_assert(not SINGLE or BLOCK_F < 65536, "single-chunk counts must fit _pick_digit's 16 bits")
         ar = tl.arange(0, BLOCK_F)
         gi = tl.arange(0, G)
         prefix = tl.zeros([G], dtype=tl.int32)
@@ -108,7 +125,7 @@ if _HAS_TRITON:
                     offs = c0 + ar
                     ch = tl.load(k_ptr + gi[:, None] * M + offs[None, :], mask=(offs < M)[None, :], other=SENTINEL)
                     h += _digit_hist(ch, prefix, p, G, BLOCK_F)
-            d, below, at = _pick_digit(h, need, G)
+            d, below, at = _pick_digit(h, need, G, p == 3, not SINGLE)
             prefix = prefix | (d << (24 - 8 * p))
             need = need - below
         return prefix ^ _SIGN, need, at

@@ -55,6 +55,35 @@ if _HAS_TRITON:
         return dots / sigma[:, None] + bias[None, :]
 
     @triton.jit
+    def _token_block(pid, NSPLIT, M, BLOCK_M: tl.constexpr):
+        """Program pid of a (B * NSPLIT,) grid: its row (int32 and int64) and its BLOCK_M
+        token offsets / mask, tokens [s * BLOCK_M, (s + 1) * BLOCK_M) with s = pid % NSPLIT."""
+        row = pid // NSPLIT
+        offs_m = (pid % NSPLIT) * BLOCK_M + tl.arange(0, BLOCK_M)
+        return row, row.to(tl.int64), offs_m, offs_m < M
+
+    @triton.jit
+    def _last_to_arrive(cnt_ptr, row, NSPLIT):
+        """Publish this program's scratch stores and tell whether it is its row's last.
+
+        A barrier (every thread's stores issued), then one acq_rel atomic on the row's
+        counter at GPU scope: the program that sees NSPLIT - 1 reads every other program's
+        partials. It must reset the counter to 0 when done (the counters are a cached
+        buffer, zero before every launch)."""
+        tl.debug_barrier()
+        return tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel") == NSPLIT - 1
+
+    @triton.jit
+    def _sim_partials(h_row, s_hm, s_hd, Dv, w_row, s_wt, s_wd, b_row, s_bt, T, t0, offs_m, mask_m, ln_eps,
+                      out_row, M, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TB: tl.constexpr,
+                      UNROLL: tl.constexpr):
+        """_sim_tile of texts t0 .. t0+TB-1, stored into the row's [T, M] fp32 similarities."""
+        s = _sim_tile(h_row, s_hm, s_hd, Dv, w_row, s_wt, s_wd, b_row, s_bt, T, t0,
+                      offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB, UNROLL)
+        tcol = t0 + tl.arange(0, TB)
+        tl.store(out_row + tcol[None, :] * M + offs_m[:, None], s, mask=mask_m[:, None] & (tcol < T)[None, :])
+
+    @triton.jit
     def _cls_tile(q_ptr, s_qd, k_ptr, s_km, s_kd, v_ptr, s_vm, s_vd, D, scale,
                   offs_m, mask_m, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr):
         """Logits scale * q_hat . k_hat_j and ||v_j|| of BLOCK_M tokens (fp32).

@@ -12,7 +12,7 @@ if C.has_triton():
     import triton
     import triton.language as tl
 
-    from ._tiles import _cls_partials, _row_softmax_stats
+    from ._tiles import _cls_partials, _last_to_arrive, _row_softmax_stats, _token_block
 
     @triton.jit(do_not_specialize=["M", "NSPLIT"])
     def _cls_contribution_kernel(
@@ -32,17 +32,10 @@ if C.has_triton():
         the row counter; the row's last program computes the softmax max / sum over the
         row in a fixed chunk order (deterministic, no float atomics) and writes c.
         """
-        pid = tl.program_id(0)
-        row = pid // NSPLIT
-        split = pid % NSPLIT
-        r64 = row.to(tl.int64)
-        offs_m = split * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
+        row, r64, offs_m, mask_m = _token_block(tl.program_id(0), NSPLIT, M, BLOCK_M)
         _cls_partials(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd, v_ptr + r64 * s_vb, s_vm, s_vd,
                       D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D, UNROLL)
-        tl.debug_barrier()
-        old = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")
-        if old == NSPLIT - 1:
+        if _last_to_arrive(cnt_ptr, row, NSPLIT):
             tl.debug_barrier()
             mx, se = _row_softmax_stats(l_ws + r64 * M, M, BLOCK_F)
             ar = tl.arange(0, BLOCK_F)

@@ -18,7 +18,7 @@ if C.has_triton():
     import triton.language as tl
 
     from ._finalise import _finalise_row
-    from ._tiles import _cls_partials, _sim_tile
+    from ._tiles import _cls_partials, _last_to_arrive, _sim_partials, _token_block
 
     # Sizes that change per call or per request (rows, budgets, counts, the batch stride of
     # b) are not specialised: a new M or R' must not cost a compile (~2 s) while serving.
@@ -57,29 +57,17 @@ if C.has_triton():
         Block sizes: _common.py (token_tile, feature_tile, text_tile, finaliser_block,
         text_group); RB = 64: rank tiles of 64 x 64 compares.
         """
-        pid = tl.program_id(0)
-        row = pid // NSPLIT
-        split = pid % NSPLIT
-        r64 = row.to(tl.int64)
-        offs_m = split * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
+        row, r64, offs_m, mask_m = _token_block(tl.program_id(0), NSPLIT, M, BLOCK_M)
 
         # ---- phase 1: partials of this program's tokens.
         for t0 in range(0, T, TB):
-            s = _sim_tile(h_ptr + r64 * s_hb, s_hm, s_hd, Dv,
-                          w_ptr + r64 * s_wb, s_wt, s_wd, b_ptr + r64 * s_bb, s_bt, T, t0,
-                          offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB, UNROLL)
-            tcol = t0 + tl.arange(0, TB)
-            dst = sim_ws + r64 * T * M + tcol[None, :] * M + offs_m[:, None]
-            tl.store(dst, s, mask=mask_m[:, None] & (tcol < T)[None, :])
+            _sim_partials(h_ptr + r64 * s_hb, s_hm, s_hd, Dv, w_ptr + r64 * s_wb, s_wt, s_wd, b_ptr + r64 * s_bb, s_bt,
+                          T, t0, offs_m, mask_m, ln_eps, sim_ws + r64 * T * M, M, BLOCK_M, BLOCK_D, TB, UNROLL)
         _cls_partials(q_ptr + r64 * s_qb, s_qd, k_ptr + r64 * s_kb, s_km, s_kd, v_ptr + r64 * s_vb, s_vm, s_vd,
                       D, scale, l_ws + r64 * M, vn_ws + r64 * M, offs_m, mask_m, BLOCK_M, BLOCK_D, UNROLL)
 
-        # ---- arrival: all threads' stores done (barrier), then one acq_rel atomic publishes
-        # them at GPU scope and tells whether this program is the row's last.
-        tl.debug_barrier()
-        old = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")
-        if old == NSPLIT - 1:
+        # ---- arrival: the row's last program runs the finaliser.
+        if _last_to_arrive(cnt_ptr, row, NSPLIT):
             tl.debug_barrier()
             _finalise_row(row, sim_ws, l_ws, vn_ws, votes_ws, keys_ws, list_ws,
                           nt_ptr, idx_ptr, fs_ptr, ns_ptr,

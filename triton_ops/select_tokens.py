@@ -84,10 +84,14 @@ def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official",
                                                ((B, M), torch.int64)])
     has_nt = num_texts is not None
     nt = num_texts if has_nt else num_sim
+    # One program per row: B programs rarely fill the SMs, so occupancy is not worth a
+    # spill. Without a .maxnreg, ptxas 12.9 traded registers for occupancy (64 registers
+    # and a 4-byte spill at BLOCK_F = 256); with the hardware's own limit stated it uses
+    # what it needs (111-245 registers over the compiled grid, no spills; 128 spilled at 4096).
     with C.device_guard(dev):
         _select_tokens_kernel[(B,)](
             s, c, nt, indices, from_sim, num_sim, votes_ws, keys_ws, list_ws,
             M, T, R, int(k_per_text), int(min_votes), nt.stride(0) if has_nt else 0,
-            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=C.NUM_WARPS, **blk,
+            HAS_NT=has_nt, OFFICIAL=(order == "official"), num_warps=C.NUM_WARPS, maxnreg=255, **blk,
         )
     return indices, num_sim, from_sim.view(torch.bool)

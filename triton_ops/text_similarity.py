@@ -15,7 +15,7 @@ if C.has_triton():
     import triton
     import triton.language as tl
 
-    from ._tiles import _sim_tile
+    from ._tiles import _sim_partials
 
     @triton.jit(do_not_specialize=["M", "T", "NSPLIT", "NTG", "s_bb"])
     def _text_similarity_kernel(
@@ -43,13 +43,8 @@ if C.has_triton():
         t0 = tg * TB
         offs_m = split * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        s = _sim_tile(h_ptr + row * s_hb, s_hm, s_hd, Dv,
-                      w_ptr + row * s_wb, s_wt, s_wd, b_ptr + row * s_bb, s_bt, T, t0,
-                      offs_m, mask_m, ln_eps, BLOCK_M, BLOCK_D, TB, UNROLL)
-        tcol = t0 + tl.arange(0, TB)
-        dst = out_ptr + row * T * M + tcol[None, :] * M + offs_m[:, None]
-        tl.store(dst, s, mask=mask_m[:, None] & (tcol < T)[None, :])
-
+        _sim_partials(h_ptr + row * s_hb, s_hm, s_hd, Dv, w_ptr + row * s_wb, s_wt, s_wd, b_ptr + row * s_bb, s_bt,
+                      T, t0, offs_m, mask_m, ln_eps, out_ptr + row * T * M, M, BLOCK_M, BLOCK_D, TB, UNROLL)
 
 def pick_blocks(B: int, M: int, T: int, Dv: int, force=None) -> dict:
     """Meta-parameters of _text_similarity_kernel (rules in _common.py)."""

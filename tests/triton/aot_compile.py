@@ -11,8 +11,8 @@ arguments go through triton's own binder for the target (``create_function_from_
 + ``JITFunction._pack_args``, what ``kernel[grid](...)`` does on a GPU): ints equal to 1
 become constants, multiples of 16 and 16-byte aligned pointers get divisibility hints,
 ``do_not_specialize`` scalars stay plain. Variants are deduplicated by that specialisation
-key and compiled in ``--jobs`` processes, each in a fresh triton cache so that ptxas runs
-and its log ("bytes spill stores") is read.
+key and compiled in ``--jobs`` worker processes, each variant in a fresh triton cache so
+that ptxas runs and its log ("bytes spill stores") is read.
 
 Figures are cached in ``$LITELVLM_AOT_CACHE`` (default ~/.cache/litelvlm/aot.json) under a
 hash of triton's version, the kernel's source with everything it calls
@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -199,16 +200,12 @@ def main(argv=None) -> int:
     if a.cached_only:
         variants = {k: v for k, v in variants.items() if k in results}
         todo = {}
-    with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
-        futs = {ex.submit(_compile_in_subprocess, (variants[k][0], variants[k][1], variants[k][2], a.sm)): k
-                for k in todo}
-        for fut in cf.as_completed(futs):
-            key = futs[fut]
-            r = fut.result()
-            results[key] = r
-            if "error" not in r:
-                cache[todo[key]] = r
-                _save(cache_path, cache)
+    tasks = {k: (variants[k][0], variants[k][1], variants[k][2], a.sm) for k in todo}
+    for key, r in _compile_all(tasks, a.jobs):
+        results[key] = r
+        if "error" not in r:
+            cache[todo[key]] = r
+            _save(cache_path, cache)
     for key in sorted(variants, key=lambda k: (variants[k][1], str(variants[k][3]))):
         mod, kname, _, consts, nw, labels = variants[key]
         r = results[key]
@@ -244,13 +241,40 @@ def _save(path, cache):
     os.replace(tmp, path)
 
 
+def _compile_all(tasks, jobs):
+    """(key, figures) of every task, compiled in `jobs` long-lived worker processes (each
+    imports torch and triton once, not once per variant: about 2.5 s saved per variant).
+    A worker that dies (a compiler crash) breaks the pool: the variants not yet done are
+    then compiled one child process each, so the crash fails its own variant only."""
+    if not tasks:
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
+    with cf.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as ex:
+        futs = {ex.submit(_compile_fresh_cache, task): key for key, task in tasks.items()}
+        for fut in cf.as_completed(futs):
+            key = futs[fut]
+            try:
+                yield key, fut.result()
+            except cf.process.BrokenProcessPool:
+                yield key, _compile_in_subprocess(tasks[key])
+            except Exception as e:  # a compile error: this variant fails, the others go on
+                yield key, dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1:] or ['?']}"[:1500])
+
+
+def _compile_fresh_cache(task):
+    """_compile in an empty triton cache, so that ptxas runs and logs the spills."""
+    with tempfile.TemporaryDirectory(prefix="aot-triton-") as d:
+        os.environ["TRITON_CACHE_DIR"] = d
+        return _compile(_rebuild(task))
+
+
 def _compile_in_subprocess(task):
-    """One variant in a child process with a fresh triton cache (so ptxas runs and logs
-    the spills); a compiler crash then fails this variant only."""
-    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="aot-triton-"))
-    env.pop("TRITON_INTERPRET", None)
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], input=json.dumps(task, default=_enc),
-                       capture_output=True, text=True, env=env)
+    """One variant in a child process (after a worker crash): a crash fails this variant only."""
+    with tempfile.TemporaryDirectory(prefix="aot-triton-") as d:
+        env = dict(os.environ, TRITON_CACHE_DIR=d)
+        env.pop("TRITON_INTERPRET", None)
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"],
+                           input=json.dumps(task, default=_enc), capture_output=True, text=True, env=env)
     last = p.stdout.strip().splitlines()[-1:] if p.stdout.strip() else []
     if p.returncode == 0 and last:
         return json.loads(last[0])
@@ -263,15 +287,19 @@ def _enc(o):
     raise TypeError(type(o))
 
 
-def _worker():
-    mod, kname, (signature, constexprs, attrs, options), sm = json.loads(sys.stdin.read(), object_hook=None)
-    # JSON turned tuple keys / values into strings and lists: rebuild what ASTSource expects.
+def _rebuild(task):
+    """The task as ASTSource expects it, from its JSON form (tuple keys and values were
+    turned into strings and lists so that it can cross a process boundary)."""
+    mod, kname, (signature, constexprs, attrs, options), sm = json.loads(json.dumps(task, default=_enc))
     constexprs = {tuple(json.loads(k)): v for k, v in constexprs.items()}
     attrs = {tuple(json.loads(k)): v for k, v in attrs.items()}
     options = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
                for k, v in options.items()}
-    r = _compile((mod, kname, (signature, constexprs, attrs, options), sm))
-    print(json.dumps(r))
+    return mod, kname, (signature, constexprs, attrs, options), sm
+
+
+def _worker():
+    print(json.dumps(_compile(_rebuild(json.loads(sys.stdin.read())))))
 
 
 if __name__ == "__main__":
