@@ -1,67 +1,30 @@
-"""litelvlm::gather_tokens (C++ CPU kernel, CUDA kernel when built) against torch.
+"""litelvlm::gather_tokens (C++ CPU kernel, CUDA kernel when built) against torch: the
+CPU and device-generic cases (CUDA-only ones: test_gather_tokens_cuda.py).
 
-Reference: advanced indexing ``tokens[arange(B)[:, None], indices]``, i.e. the
-same bytes torch.gather / index_select produce. A gather moves bytes, so every
-comparison is exact (torch.equal), whatever the dtype.
+Reference and inputs: tests/_gather.py. A gather moves bytes, so every comparison is
+exact (torch.equal), whatever the dtype.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import pytest
 import torch
+from _gather import (  # noqa: F401  (cuda_kernel_built: an autouse fixture)
+    DEVICES,
+    DTYPES,
+    HAS_CUDA,
+    INDEX_DTYPES,
+    OP,
+    cuda_kernel_built,
+    make_indices,
+    make_tokens,
+    reference,
+    requires_cuda,
+)
 
 from litelvlm_kernels.ops.gather_tokens import gather_tokens
-
-OP = torch.ops.litelvlm.gather_tokens
-
-HAS_CUDA = torch.cuda.is_available()
-CUDA_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("litelvlm::gather_tokens", "CUDA")
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
-          torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128]
-INDEX_DTYPES = [torch.int32, torch.int64]
-
-
-@pytest.fixture(autouse=True)
-def _cuda_kernel_built(request):
-    if "cuda" in request.node.name and HAS_CUDA and not CUDA_KERNEL:
-        pytest.skip("litelvlm_kernels._C was built without CUDA kernels (see setup.py's message)")
-
-
-def make_tokens(shape, dtype, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if dtype == torch.bool:
-        t = torch.randint(0, 2, shape, generator=g).bool()
-    elif dtype.is_complex:
-        t = torch.randn(shape, dtype=dtype, generator=g)
-    elif dtype.is_floating_point:
-        t = (torch.randn(shape, generator=g) * 100).to(dtype)
-    else:
-        info = torch.iinfo(dtype)
-        t = torch.randint(max(info.min, -1000), min(info.max, 1000), shape, generator=g).to(dtype)
-    return t.to(device)
-
-
-def make_indices(B, M, R, dtype=torch.int64, device="cpu", seed=1):
-    g = torch.Generator().manual_seed(seed)
-    if M == 0:
-        return torch.empty(B, R, dtype=dtype, device=device)
-    return torch.randint(0, M, (B, R), generator=g).to(dtype).to(device)  # duplicates likely
-
-
-def reference(tokens, indices):
-    B = tokens.shape[0]
-    rows = torch.arange(B, device=tokens.device)[:, None]
-    return tokens[rows, indices.long()]
-
 
 # -- correctness ---------------------------------------------------------------------
 
@@ -389,73 +352,3 @@ def test_coexists_with_python_custom_ops():
     assert "litelvlm::gather_tokens" in names
     assert hasattr(torch.ops.litelvlm, "fold_text") and hasattr(torch.ops.litelvlm, "gather_tokens")
     assert litelvlm_kernels.ops.gather_tokens is gather_tokens
-
-
-# -- CUDA only ---------------------------------------------------------------------------
-
-@requires_cuda
-@pytest.mark.parametrize("offset", [0, 1, 2, 4, 8])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.uint8])
-def test_cuda_alignment_paths(offset, dtype):
-    # Offsets of the base pointer / odd C pick every vector width (16, 8, 4, 2, 1 bytes).
-    base = make_tokens((3, 33, 1040), dtype, "cuda")
-    tokens = base[:, :, offset:offset + 1024 - offset]
-    indices = make_indices(3, 33, 17, torch.int32, "cuda")
-    out = gather_tokens(tokens, indices)
-    torch.cuda.synchronize()
-    assert torch.equal(out, reference(tokens, indices))
-
-
-@requires_cuda
-def test_cuda_side_stream_and_graph():
-    tokens = make_tokens((4, 64, 256), torch.float16, "cuda")
-    indices = make_indices(4, 64, 16, device="cuda")
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        out = gather_tokens(tokens, indices)
-    torch.cuda.current_stream().wait_stream(s)
-    assert torch.equal(out, reference(tokens, indices))
-    # CUDA graph capture works only without host synchronisation.
-    static_out = torch.empty(4, 16, 256, dtype=torch.float16, device="cuda")
-    gather_tokens(tokens, indices, out=static_out)  # warm-up
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        gather_tokens(tokens, indices, out=static_out)
-    indices.copy_(make_indices(4, 64, 16, device="cuda", seed=9))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(static_out, reference(tokens, indices))
-
-
-@requires_cuda
-def test_cuda_large_batch():
-    tokens = make_tokens((64, 576, 4096), torch.float16, "cuda")
-    indices = make_indices(64, 576, 192, device="cuda")
-    assert torch.equal(gather_tokens(tokens, indices), reference(tokens, indices))
-
-
-@requires_cuda
-@pytest.mark.parametrize("bad", [576, -1])
-def test_cuda_out_of_range_device_assert(bad):
-    # A device-side assert poisons the CUDA context: run it in a fresh process.
-    script = textwrap.dedent(f"""
-        import torch
-        from litelvlm_kernels.ops.gather_tokens import gather_tokens
-        tokens = torch.randn(2, 576, 1024, device="cuda", dtype=torch.float16)
-        indices = torch.zeros(2, 192, dtype=torch.int64, device="cuda")
-        indices[1, 5] = {bad}
-        out = gather_tokens(tokens, indices)
-        torch.cuda.synchronize()
-        print("NO ERROR")
-    """)
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "NO ERROR" not in text, text
-    assert "device-side assert" in text or "Assertion" in text, text
-    # The kernel printf()s the bad value before asserting; device printf output is
-    # flushed with the assert's own message, but we only require one of them.
-    named = f"index {bad} out of range [0, 576) at indices[1, 5]" in text
-    assert named or "m >= 0 && m < p.M" in text, text

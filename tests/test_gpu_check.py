@@ -101,8 +101,8 @@ def test_plan_points_at_existing_tests():
     """Every file and -k word of the sanitizer steps names something that exists (a typo would select nothing)."""
     steps = {s.name: s for s in gpu_check.plan("OUT", "LOGS")}
     names = set()
-    for rel in ("tests/test_gather_tokens.py", "tests/triton/test_fused_select_triton.py",
-                "tests/triton/test_ops_triton.py"):
+    for rel in ("tests/test_gather_tokens.py", "tests/test_gather_tokens_cuda.py",
+                "tests/triton/test_fused_select_triton.py", "tests/triton/test_ops_triton.py"):
         assert rel in steps["memcheck-gather"].cmd + steps["memcheck-fused"].cmd
         with open(os.path.join(REPO, rel)) as f:
             names |= set(re.findall(r"^def (test_\w+)", f.read(), re.MULTILINE))
