@@ -20,8 +20,11 @@ CLIP ViT-L/14-336) to the kept indices AND the gathered tokens [B, R, Dv]:
 
 ``--vs-release`` (issue 13's target): ``release`` vs ``api``, ``api.raw`` (prune on raw text
 embeddings, folded inside the call) and ``ops`` at ViT-L/14-336, B in {1, 64}, R = 192 only;
-rows carry ``speedup_vs_release`` and ``us_per_image``, and go to
-``benchmarks/results/select-vs-release-<device>.json`` with a markdown table beside it (.md).
+a ``read.floor`` row times one read of hidden + keys + values (a sum each: the memory floor at
+that B, same run); rows carry ``speedup_vs_release`` and ``us_per_image``, and go to
+``benchmarks/results/select-vs-release-<device>.json`` with a markdown table beside it (.md);
+with ``THP_MEM_ALLOC_ENABLE=1`` in the environment (torch's allocator then uses huge pages) the
+CPU files are ``select-vs-release-thp-cpu.*``.
 
 fold_text is done once outside the timed region (a text is folded once and reused).
 Grid: B in {1, 8, 64}, M in {576, 2880}, R in {64, 192}; fp16 on CUDA, fp32 on the CPU.
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 
 import torch
@@ -52,6 +56,10 @@ from litelvlm_kernels import reference
 from litelvlm_kernels.synthetic import CLIP_L14_336, clip_inputs
 
 T_TEXTS = 2
+# PyTorch's CPU allocator asks for transparent huge pages when this is set (read once, at the
+# first allocation). Without them every call page-faults its fresh outputs 4 KB at a time: at
+# B = 64 the 50 MB gathered tokens cost more in page faults than in copying. Rows record it.
+THP = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1"
 
 
 def _reference_fn(x, R):
@@ -108,6 +116,16 @@ def _api_fn(x, folded, R):
     return run
 
 
+def _read_floor_fn(x):
+    """One read of the bytes a selection must read (hidden + keys + values) and nothing
+    else: a sum per tensor. The memory floor of select at this B on this machine (at B = 1
+    the 7 MB stay in cache between calls, at B = 64 they stream from DRAM)."""
+    def run():
+        return x.hidden.sum(), x.keys.sum(), x.values.sum()
+
+    return run
+
+
 def _median_quantiles(ts):
     return {k: sorted(t[k] for t in ts)[len(ts) // 2] for k in ts[0]}
 
@@ -158,7 +176,8 @@ def main(argv=None) -> int:
         folded = lk.fold_text(x.text_embeds, x.proj_weight, x.ln_weight, x.ln_bias)
         if args.vs_release:
             providers = [("release", _release_fn(x, R)), ("api", _api_fn(x, folded, R)),
-                         ("api.raw", _api_raw_fn(x, R)), ("ops", _ops_fn(x, folded, R))]
+                         ("api.raw", _api_raw_fn(x, R)), ("ops", _ops_fn(x, folded, R)),
+                         ("read.floor", _read_floor_fn(x))]
         else:
             providers = [("reference", _reference_fn(x, R)), ("release", _release_fn(x, R))]
             if not args.no_compile:
@@ -195,6 +214,7 @@ def main(argv=None) -> int:
                 extra["pct_of_copy"] = 100.0 * gbs / copy_gbs
             if not cuda:
                 extra["threads"] = torch.get_num_threads()
+                extra["thp_mem_alloc"] = THP
             row = make_row("select+gather", name, shape, dtype, t, device=device, **extra)
             rows.append(row)
             print(f"{name:18s} B={B:<3d} M={M:<5d} R={R:<4d} p50 {t['p50_ms'] * 1e3:10.1f} us  "
@@ -206,12 +226,13 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     if args.vs_release:
-        path = write_rows(rows, "select-vs-release", device=device)
-        table = markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "p20_ms", "p80_ms", "us_per_image",
+        path = write_rows(rows, "select-vs-release" + ("-thp" if THP and not cuda else ""), device=device)
+        table = markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "p20_ms", "p80_ms", "us_per_image", "gbs",
                                       "speedup_vs_release"])
         with open(path[: -len(".json")] + ".md", "w") as f:
             f.write(f"select + gather, {rows[0]['device'] if rows else device}, {dtype}, torch {torch.__version__}, "
-                    f"{args.rounds} interleaved rounds (median); release = benchmarks/release_rule.py\n\n"
+                    f"{args.rounds} interleaved rounds (median); release = benchmarks/release_rule.py"
+                    + ("; THP_MEM_ALLOC_ENABLE=1" if THP and not cuda else "") + "\n\n"
                     f"{table}\n")
         print(table)
         print(f"wrote {len(rows)} rows to {path} and its .md table")
