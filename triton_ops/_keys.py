@@ -15,8 +15,8 @@ R' - |S| <= M - |S| for recovery), so the sentinels are never reached.
 Search: V = the k-th smallest key is found digit by digit from the top, 8 bits per
 pass (4 passes): a pass takes one ``tl.histogram`` of the current digit of the keys
 whose higher digits equal the prefix found so far, and the digit where the running
-count reaches k (one packed min over the bins, _pick_digit). G rows (texts) are
-searched at once in one G x 256-bin histogram.
+count reaches k (a scan and one packed sum over the bins, _pick_digit). G rows (texts)
+are searched at once in one G x 256-bin histogram.
 Ties at V go to the lowest indices: I = the largest index taken among the keys == V,
 needed (one scan) only when V's keys are split between taken and not taken.
 """

@@ -15,7 +15,7 @@ if C.has_triton():
     import triton
     import triton.language as tl
 
-    from ._tiles import _sim_partials
+    from ._tiles import _sim_partials, _token_block
 
     @triton.jit(do_not_specialize=["M", "T", "NSPLIT", "NTG", "s_bb"])
     def _text_similarity_kernel(
@@ -36,15 +36,12 @@ if C.has_triton():
         [TB, BLOCK_M] tile.
         """
         pid = tl.program_id(0)
-        tg = pid % NTG
-        rest = pid // NTG
-        split = rest % NSPLIT
-        row = (rest // NSPLIT).to(tl.int64)
-        t0 = tg * TB
-        offs_m = split * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        _sim_partials(h_ptr + row * s_hb, s_hm, s_hd, Dv, w_ptr + row * s_wb, s_wt, s_wd, b_ptr + row * s_bb, s_bt,
-                      T, t0, offs_m, mask_m, ln_eps, out_ptr + row * T * M, M, BLOCK_M, BLOCK_D, TB, UNROLL)
+        # Programs pid // NTG form the same (B * NSPLIT,) token grid as the other kernels'.
+        _, r64, offs_m, mask_m = _token_block(pid // NTG, NSPLIT, M, BLOCK_M)
+        t0 = (pid % NTG) * TB
+        _sim_partials(h_ptr + r64 * s_hb, s_hm, s_hd, Dv, w_ptr + r64 * s_wb, s_wt, s_wd, b_ptr + r64 * s_bb, s_bt,
+                      T, t0, offs_m, mask_m, ln_eps, out_ptr + r64 * T * M, M, BLOCK_M, BLOCK_D, TB, UNROLL)
+
 
 def pick_blocks(B: int, M: int, T: int, Dv: int, force=None) -> dict:
     """Meta-parameters of _text_similarity_kernel (rules in _common.py)."""

@@ -258,7 +258,7 @@ def _compile_all(tasks, jobs):
             except cf.process.BrokenProcessPool:
                 yield key, _compile_in_subprocess(tasks[key])
             except Exception as e:  # a compile error: this variant fails, the others go on
-                yield key, dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1:] or ['?']}"[:1500])
+                yield key, dict(error=f"{type(e).__name__}: {(str(e).strip().splitlines() or ['?'])[-1]}"[:1500])
 
 
 def _compile_fresh_cache(task):
