@@ -123,6 +123,14 @@ def text_group(TB: int, block_f: int) -> int:
     return 1 if block_f >= 4096 else min(TB, 2)
 
 
+def derive_finaliser_blocks(blocks: dict, M: int, TB: int) -> dict:
+    """The finaliser's meta-parameters that follow from the final (possibly forced) BLOCK_F:
+    G (text_group, unless forced) and SINGLE (the row fits one chunk)."""
+    blocks.setdefault("G", text_group(TB, blocks["BLOCK_F"]))
+    blocks["SINGLE"] = M <= blocks["BLOCK_F"]
+    return blocks
+
+
 # 8 warps for every kernel: the finaliser's histograms and scans take half the instructions
 # per thread of 4 warps (its latency sets B = 1), and ptxas fits every variant without
 # spilling (tests/triton/aot_compile.py prints the figures; docs/triton.md states them).

@@ -51,10 +51,9 @@ if C.has_triton():
 def pick_blocks(B: int, M: int, D: int, force=None) -> dict:
     """Meta-parameters of _cls_contribution_kernel; BLOCK_F = 1024-token chunks for the
     row pass (4 values per thread at 8 warps)."""
-    bm = C.token_tile(B, M)
-    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(D), UNROLL=C.feature_unroll(bm, 1),
-                  BLOCK_F=min(1024, C.finaliser_block(M)))
+    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(D), BLOCK_F=min(1024, C.finaliser_block(M)))
     blocks.update(force or {})
+    blocks.setdefault("UNROLL", C.feature_unroll(blocks["BLOCK_M"], 1))  # of the final tile
     return blocks
 
 

@@ -80,14 +80,12 @@ if C.has_triton():
 def pick_blocks(B: int, M: int, T: int, Dv: int, D: int, force=None) -> dict:
     """Meta-parameters of _fused_select_kernel (rules in _common.py); force overrides
     any of them (tests run the GPU sizes and the chunked finaliser under the interpreter)."""
-    tb = C.text_tile(T)
-    bm = C.token_tile(B, M)
-    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(max(Dv, D)), UNROLL=C.feature_unroll(bm, tb), TB=tb,
+    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(max(Dv, D)), TB=C.text_tile(T),
                   BLOCK_F=C.finaliser_block(M), RB=64)
     blocks.update(force or {})
-    blocks.setdefault("G", C.text_group(blocks["TB"], blocks["BLOCK_F"]))
-    blocks["SINGLE"] = M <= blocks["BLOCK_F"]
-    return blocks
+    # Derived from the final tiles, so a forced BLOCK_M / TB / BLOCK_F gets its own partners.
+    blocks.setdefault("UNROLL", C.feature_unroll(blocks["BLOCK_M"], blocks["TB"]))
+    return C.derive_finaliser_blocks(blocks, M, blocks["TB"])
 
 
 def fused_select(hidden, w, b, ln_eps, q_cls, keys, values, num_retain, min_votes=1,

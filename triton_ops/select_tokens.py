@@ -39,9 +39,7 @@ def pick_blocks(M: int, T: int, force=None) -> dict:
     """Meta-parameters of _select_tokens_kernel; force overrides any of them."""
     blocks = dict(BLOCK_F=C.finaliser_block(M), RB=64)
     blocks.update(force or {})
-    blocks.setdefault("G", C.text_group(C.text_tile(T), blocks["BLOCK_F"]))
-    blocks["SINGLE"] = M <= blocks["BLOCK_F"]
-    return blocks
+    return C.derive_finaliser_blocks(blocks, M, C.text_tile(T))
 
 
 def select_tokens(s, c, num_retain, min_votes=1, k_per_text=0, order="official", num_texts=None, *,

@@ -45,10 +45,9 @@ if C.has_triton():
 
 def pick_blocks(B: int, M: int, T: int, Dv: int, force=None) -> dict:
     """Meta-parameters of _text_similarity_kernel (rules in _common.py)."""
-    bm = C.token_tile(B, M)
-    tb = C.text_tile(T)
-    blocks = dict(BLOCK_M=bm, BLOCK_D=C.feature_tile(Dv), UNROLL=C.feature_unroll(bm, tb), TB=tb)
+    blocks = dict(BLOCK_M=C.token_tile(B, M), BLOCK_D=C.feature_tile(Dv), TB=C.text_tile(T))
     blocks.update(force or {})
+    blocks.setdefault("UNROLL", C.feature_unroll(blocks["BLOCK_M"], blocks["TB"]))  # of the final tiles
     return blocks
 
 
