@@ -76,9 +76,25 @@ def text_config() -> dict:
 GRID_PINPOINTS = [[IMAGE, 2 * IMAGE], [2 * IMAGE, IMAGE], [2 * IMAGE, 2 * IMAGE]]
 
 
-def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa"):
+def sharpen(model, std: float, seed: int = 2) -> None:
+    """Re-draw the LLM's and projector's weight matrices with a large std (norms and biases kept).
+
+    With the default std of 0.02 a tiny LLM's greedy tokens barely depend on the prompt or on which visual
+    tokens it sees; at 0.3 different selections give different tokens, so a test can tell them apart.
+    """
+    g = torch.Generator().manual_seed(seed)
+    inner = model.model if hasattr(model, "model") else model
+    parts = [inner.language_model, inner.multi_modal_projector, model.lm_head]
+    with torch.no_grad():
+        for part in parts:
+            for p in part.parameters():
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None):
     """LlavaForConditionalGeneration ("llava"), LlavaNext... ("llava_next") or LlavaNextVideo... ("llava_next_video")
-    with ``clip``'s vision weights in its tower."""
+    with ``clip``'s vision weights in its tower (``llm_std``: see ``sharpen``)."""
     torch.manual_seed(seed)
     common = dict(vision_config=vision_config(), text_config=text_config(), image_token_index=IMAGE_TOKEN,
                   vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
@@ -101,6 +117,8 @@ def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa"):
     tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
     # transformers 5's CLIPVisionModel holds the layers itself, 4.x's in .vision_model: find_tower walks both
     find_tower(tower, "vision").load_state_dict(find_tower(clip, "vision").state_dict())
+    if llm_std is not None:
+        sharpen(model, llm_std)
     return model
 
 

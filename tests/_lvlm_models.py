@@ -30,8 +30,9 @@ def clip():
 
 
 @functools.lru_cache(maxsize=None)
-def lvlm(family: str, attn: str = "sdpa"):
-    return tl.tiny_lvlm(family, clip(), attn=attn)
+def lvlm(family: str, attn: str = "sdpa", llm_std: float | None = None):
+    """The tiny model of ``family``; ``llm_std=0.3`` for tests that must see the selection in the tokens."""
+    return tl.tiny_lvlm(family, clip(), attn=attn, llm_std=llm_std)
 
 
 def pixels(*shape, seed=3):

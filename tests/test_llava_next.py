@@ -183,7 +183,8 @@ def test_video_keep_all_equals_stock(video_model, video_batch):
                 assert torch.equal(video_model(**batch, referring_expressions=VIDEO_EXPRS).logits, logits), vb
                 if vb == "per_frame":
                     assert torch.equal(greedy(video_model, batch, referring_expressions=VIDEO_EXPRS), ids)
-            assert patch.last_report["video"] == {"stock": [FRAMES * P] * 2, "kept": [FRAMES * P] * 2}
+            assert {k: patch.last_report["video"][k] for k in ("stock", "kept")} == {"stock": [FRAMES * P] * 2,
+                                                                                      "kept": [FRAMES * P] * 2}
 
 
 @pytest.mark.parametrize("video_budget,R", [("per_frame", 4), ("per_clip", 12)])

@@ -1,21 +1,36 @@
-"""One hooked forward of a CLIP vision tower: what the method reads from it.
+"""One vision forward, run by hand: what the method reads from a CLIP tower.
 
-No model surgery and no attention maps, so any attention implementation works
-(sdpa, flash attention, eager)::
+The selection needs, for every image / tile / frame::
 
     hidden   hidden_states[select_layer]        (default -2: the INPUT of the
                                                  last layer, no post-layernorm)
-    q_cls    last layer self_attn.q_proj output, [CLS] row
-    keys     last layer self_attn.k_proj output, patch rows
-    values   last layer self_attn.v_proj output, patch rows
+    q_cls    last layer q_proj(layer_norm1(x)), [CLS] row
+    keys     last layer k_proj(layer_norm1(x)), patch rows
+    values   last layer v_proj(layer_norm1(x)), patch rows
+
+where x = hidden_states[-2] is the last layer's input. So the capture runs the
+tower's own modules in the order its forward does (embeddings, pre_layrnorm,
+layers 0 .. L-2) and then applies the last layer's ``layer_norm1`` and its
+three projections to x explicitly. Nothing is hooked and nothing is stored on a
+module, so one tower can serve any number of threads at once, a failing call
+leaves nothing behind, and ``torch.compile`` sees plain module calls. The last
+layer's attention and MLP, ``post_layernorm`` and the projection are never run
+(LLaVA never uses them); ``stop_early=False`` runs the last layer anyway, and
+``select_layer=-1`` needs it.
 
 Every tensor handed to the ops excludes [CLS] (docs/design.md section 1):
 Hugging Face gives M + 1 rows with [CLS] first, we slice ``[:, 1:]``.
+
+``last_layer_qkv`` takes the norm and the projections as callables, so a tower
+whose modules are not Hugging Face's (a serving engine's fused QKV linear, a
+SigLIP layer) reuses the same arithmetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 
 import torch
 
@@ -38,10 +53,6 @@ class VisionCapture:
     cls_hidden: torch.Tensor
 
 
-class _CaptureDone(Exception):
-    """Raised from a hook to skip the rest of the tower once everything is captured."""
-
-
 def normalise_layer(select_layer: int, num_layers: int) -> int:
     """hidden_states index in [0, L]: 0 = embeddings after pre_layrnorm, i = output of layer i-1."""
     if not isinstance(select_layer, int) or isinstance(select_layer, bool):
@@ -55,10 +66,55 @@ def normalise_layer(select_layer: int, num_layers: int) -> int:
     return idx
 
 
-def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *,
-                   select_layer: int = -2, stop_early: bool = True,
-                   **forward_kwargs) -> VisionCapture:
-    """Run the vision tower once and capture the method's inputs with forward hooks.
+def last_layer_qkv(x: torch.Tensor, norm: Callable, q_proj: Callable, k_proj: Callable,
+                   v_proj: Callable) -> tuple:
+    """(q_cls [B, D], keys [B, M, D], values [B, M, D]) of the last layer, from its input ``x`` [B, 1 + M, Dv].
+
+    q is projected for every row and sliced, as the layer itself computes it: a [B, Dv] product
+    could take another GEMM path and differ in the last bit (q feeds the contribution ranking).
+    """
+    y = norm(x)
+    return q_proj(y)[:, 0], k_proj(y)[:, 1:], v_proj(y)[:, 1:]
+
+
+_TAKES_CAUSAL_MASK: dict = {}  # layer class -> bool (a plain dict: torch.compile traces lookups, not lru_cache)
+
+
+def _layer_takes_causal_mask(layer_cls: type) -> bool:
+    """transformers 4.x CLIP layers take (hidden, attention_mask, causal_attention_mask); 5.x drops the last."""
+    if layer_cls not in _TAKES_CAUSAL_MASK:
+        _TAKES_CAUSAL_MASK[layer_cls] = "causal_attention_mask" in inspect.signature(layer_cls.forward).parameters
+    return _TAKES_CAUSAL_MASK[layer_cls]
+
+
+def run_layer(layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One encoder layer without a mask, as the tower's encoder calls it (vision towers use none)."""
+    if _layer_takes_causal_mask(type(layer)):
+        return layer_output(layer(h, None, None))
+    return layer_output(layer(h, None))
+
+
+def check_pixels(pixel_values, vision_config, name: str, dims: tuple = (4,)) -> None:
+    """A floating [..., C, H, W] tensor with C = the tower's channels and at least one image, or a named error."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(pixel_values).__name__} "
+                        "(convert with torch.as_tensor, or use the processor's return_tensors='pt')")
+    if pixel_values.dim() not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        layout = "[num_images, channels, height, width]" + (", or with views / frames" if max(dims) > 4 else "")
+        raise ValueError(f"{name}: expected a {want} tensor ({layout}), got shape {tuple(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"{name}: expected floating-point pixels, got {pixel_values.dtype}")
+    channels = getattr(vision_config, "num_channels", 3)
+    if pixel_values.shape[-3] != channels:
+        raise ValueError(f"{name}: expected {channels} channels at dim -3, got shape {tuple(pixel_values.shape)}")
+    if pixel_values.numel() == 0:
+        raise ValueError(f"{name}: no images (shape {tuple(pixel_values.shape)}); pass at least one")
+
+
+def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *, select_layer: int = -2,
+                   stop_early: bool = True, interpolate_pos_encoding: bool = False) -> VisionCapture:
+    """Run the vision tower as far as the method needs and return its inputs.
 
     Parameters
     ----------
@@ -71,17 +127,16 @@ def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *,
         pre_layrnorm, i = output of layer i - 1, so -2 is the input of the last
         layer). q/k/v always come from the LAST layer.
     stop_early : bool
-        Once the last layer's v_proj has run (and the select layer is not the
-        last one) skip the rest of the tower (last attention, MLP,
-        post-layernorm, projection): nothing of it is used. Outputs are
-        identical either way.
-    **forward_kwargs
-        Passed to the tower (e.g. ``interpolate_pos_encoding=True``).
+        Skip the last layer's attention and MLP, which nothing uses. Outputs
+        are identical either way; it is implied off for ``select_layer=-1``
+        (the last layer's output is the feature).
+    interpolate_pos_encoding : bool
+        As the tower's own argument (images of another size than the tower's).
 
     Returns
     -------
     VisionCapture
-        Patch rows only; the hooks are removed even if the forward fails.
+        Patch rows only. Bit for bit the values the stock forward computes.
 
     Examples
     --------
@@ -90,37 +145,21 @@ def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *,
     torch.Size([1, 576, 1024])
     """
     tower = vision_tower(vision_model)
+    check_pixels(pixel_values, tower.config, "pixel_values")
     layers = tower.encoder.layers
     L = len(layers)
     idx = normalise_layer(select_layer, L)
-    attn = layers[-1].self_attn
-    got: dict = {}
-    need = ("hidden", "q", "k", "v")
-    can_stop = stop_early and idx < L  # idx == L needs the last layer's output
-
-    def keep(name, transform):
-        def hook(module, args, output):
-            got[name] = transform(output)
-            if can_stop and all(n in got for n in need):
-                raise _CaptureDone
-        return hook
-
-    hidden_module = tower.pre_layrnorm if idx == 0 else layers[idx - 1]
-    handles = [
-        hidden_module.register_forward_hook(keep("hidden", layer_output)),
-        attn.q_proj.register_forward_hook(keep("q", lambda o: o[:, 0])),
-        attn.k_proj.register_forward_hook(keep("k", lambda o: o[:, 1:])),
-        attn.v_proj.register_forward_hook(keep("v", lambda o: o[:, 1:])),
-    ]
-    try:
-        tower(pixel_values=pixel_values, **forward_kwargs)
-    except _CaptureDone:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in need if n not in got]
-    if missing:  # pragma: no cover - a model whose forward skips these modules
-        raise RuntimeError(f"capture_vision: hooks did not fire for {missing}; is this a CLIP tower?")
-    h = got["hidden"]
-    return VisionCapture(hidden=h[:, 1:], q_cls=got["q"], keys=got["k"], values=got["v"], cls_hidden=h[:, 0])
+    h = tower.pre_layrnorm(tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
+    selected = h if idx == 0 else None
+    for i in range(L - 1):
+        h = run_layer(layers[i], h)
+        if i + 1 == idx:
+            selected = h
+    last = layers[-1]
+    attn = last.self_attn
+    q_cls, keys, values = last_layer_qkv(h, last.layer_norm1, attn.q_proj, attn.k_proj, attn.v_proj)
+    if idx == L or not stop_early:
+        out = run_layer(last, h)
+        if idx == L:
+            selected = out
+    return VisionCapture(hidden=selected[:, 1:], q_cls=q_cls, keys=keys, values=values, cls_hidden=selected[:, 0])

@@ -10,6 +10,35 @@ from __future__ import annotations
 import torch
 
 from ._towers import config_get
+from .capture import check_pixels
+from .text import check_expression
+
+
+def check_inputs(adapter, kwargs: dict) -> None:
+    """The LVLM call's tensors, checked once at the boundary with errors naming the argument.
+
+    The stock model would fail deep inside (an embedding error for float ids, an IndexError for 1-D ids) or,
+    worse, read a 3-D or 5-D ``pixel_values`` as another number of images.
+    """
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        raise ValueError("input_ids: needed with pixel inputs (LiteLVLM shrinks their placeholder runs)")
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"input_ids: expected a torch.Tensor, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"input_ids: expected integer token ids, got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"input_ids: expected [batch, sequence], got shape {tuple(ids.shape)}"
+                         + (" (add the batch dimension: input_ids[None])" if ids.dim() == 1 else ""))
+    mask = kwargs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"attention_mask: expected the shape of input_ids {tuple(ids.shape)}, got {got}")
+    vision_config = adapter.model.config.vision_config
+    for mod in adapter.modalities():
+        px = kwargs.get(mod.pixel_key)
+        if px is not None:
+            check_pixels(px, vision_config, mod.pixel_key, mod.pixel_dims)
 
 
 def _items_per_row(ids: torch.Tensor, token_id: int, counts: list, what: str) -> tuple:
@@ -41,15 +70,20 @@ def _expressions_per_item(expressions, rows: list, batch: int, missing: str) -> 
                          "with missing_expressions='cls' for [CLS]-context selection without text")
     if isinstance(expressions, str):
         expressions = [expressions]
+    if not isinstance(expressions, (list, tuple)):
+        raise TypeError(f"referring_expressions: expected one str, list of str or None per prompt, got "
+                        f"{type(expressions).__name__}")
     expressions = list(expressions)
     if len(expressions) != batch:
         raise ValueError(f"referring_expressions: got {len(expressions)} entries for a batch of {batch} prompts "
                          "(one str, list of str, or None per prompt)")
     per_row = []
     for b, e in enumerate(expressions):
+        if e is not None and not isinstance(e, (str, list, tuple)):
+            raise TypeError(f"referring_expressions[{b}]: expected a str, a list of str or None, "
+                            f"got {type(e).__name__}")
         e = [] if e is None else [e] if isinstance(e, str) else list(e)
-        if not all(isinstance(t, str) for t in e):
-            raise TypeError(f"referring_expressions[{b}]: expected str or a list of str")
+        e = [check_expression(t, f"referring_expressions[{b}][{j}]") for j, t in enumerate(e)]
         if not e and missing != "cls" and b in rows:
             raise ValueError(f"referring_expressions[{b}]: prompt {b} has an image but no expression; pass one, "
                              "or enable with missing_expressions='cls'")
@@ -95,9 +129,7 @@ def shrink(dropped: torch.Tensor, real: torch.Tensor, tensors: dict, pads: dict,
 
 def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     """Stock inputs -> (kwargs for the stock forward / generate with inputs_embeds, shrunk input_ids, report)."""
-    ids = kwargs.get("input_ids")
-    if ids is None:
-        raise ValueError("input_ids: needed with pixel inputs (LiteLVLM shrinks their placeholder runs)")
+    ids = kwargs["input_ids"]  # check_inputs ran first
     if kwargs.get("inputs_embeds") is not None:
         raise ValueError("inputs_embeds: cannot be combined with pixel inputs while LiteLVLM is enabled")
     s = adapter.settings
@@ -110,7 +142,7 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
         what = "video" if "video" in mod.pixel_key else "image"
         mask, rows = _items_per_row(ids, mod.token_id, counts, what)
         cond = adapter.text_condition(_expressions_per_item(expressions, rows, ids.shape[0], s.missing_expressions))
-        feats = mod.features(kwargs, cond)
+        feats, views = mod.features(kwargs, cond)
         flat = mask.flatten().nonzero().flatten()
         start, kept_counts = 0, []
         if len(feats) != len(counts) or any(f.shape[0] > n for n, f in zip(counts, feats)):
@@ -121,7 +153,7 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
             start += n
             kept_counts.append(f.shape[0])
         merges.append((mod.token_id, torch.cat(feats, 0)))
-        report[what] = {"stock": counts, "kept": kept_counts}
+        report[what] = {"stock": counts, "kept": kept_counts, "views": views}
     mask = kwargs.get("attention_mask")
     side = _padding_side(mask)
     if mask is None:
@@ -138,7 +170,7 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     for token_id, feats in merges:
         where = (new["input_ids"] == token_id).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
-    out = {k: v for k, v in kwargs.items() if k not in _dropped_keys(adapter)}
+    out = {k: v for k, v in kwargs.items() if k not in pixel_keys(adapter)}
     out.update(attention_mask=new["attention_mask"], inputs_embeds=embeds, input_ids=None)
     for k in ("position_ids", "labels"):
         if new[k] is not None:
@@ -151,7 +183,7 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     return out, new["input_ids"], report
 
 
-def _dropped_keys(adapter) -> set:
+def pixel_keys(adapter) -> set:
     keys = set()
     for mod in adapter.modalities():
         keys.add(mod.pixel_key)

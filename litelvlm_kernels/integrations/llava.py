@@ -17,6 +17,13 @@ import torch
 
 from ._towers import config_get, model_part
 from .lvlm import FamilyAdapter, Modality, register_adapter
+from .views import view_reports
+
+
+def grid_side(model) -> int:
+    """Tokens per side of one view (24 for CLIP ViT-L/14-336)."""
+    vc = model.config.vision_config
+    return vc.image_size // vc.patch_size
 
 
 def image_token_id(config) -> int:
@@ -33,9 +40,11 @@ class LlavaAdapter(FamilyAdapter):
     def check_model(self) -> None:
         self.strategy()
 
+    def side(self) -> int:
+        return grid_side(self.model)
+
     def num_patches(self) -> int:
-        vc = self.model.config.vision_config
-        return (vc.image_size // vc.patch_size) ** 2
+        return self.side() ** 2
 
     def modalities(self) -> list:
         extra = 1 if self.strategy() == "full" else 0
@@ -53,4 +62,6 @@ class LlavaAdapter(FamilyAdapter):
         if full:  # [CLS] first, as in hidden_states[layer] itself
             tokens = torch.cat([res.capture.cls_hidden.unsqueeze(1), tokens], 1)
         feats = model_part(self.model, "multi_modal_projector")(tokens)
-        return list(feats)
+        g = self.side()
+        views = view_reports(list(zip(res.indices, res.from_similarity)), (g, g))
+        return list(feats), [[v] for v in views]

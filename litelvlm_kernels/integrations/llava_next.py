@@ -35,15 +35,9 @@ import sys
 import torch
 
 from ._towers import model_part
-from .llava import image_token_id
+from .llava import grid_side, image_token_id
 from .lvlm import FamilyAdapter, Modality, register_adapter
-from .views import contribution, select_views, view_similarity
-
-
-def grid_side(model) -> int:
-    """Tokens per side of one view (24 for CLIP ViT-L/14-336)."""
-    vc = model.config.vision_config
-    return vc.image_size // vc.patch_size
+from .views import contribution, select_views, view_reports, view_similarity
 
 
 def geometry(model, image_size) -> dict:
@@ -90,7 +84,7 @@ class LlavaNextAdapter(FamilyAdapter):
     def modalities(self) -> list:
         return [Modality("pixel_values", image_token_id(self.model.config), ("image_sizes",),
                          lambda kw: [self.stock_count(geo) for geo in self._check_sizes(kw)],
-                         self.image_features)]
+                         self.image_features, pixel_dims=(4, 5))]
 
     def _check_sizes(self, kwargs) -> list:
         sizes = kwargs.get("image_sizes")
@@ -122,11 +116,14 @@ class LlavaNextAdapter(FamilyAdapter):
         valid = torch.cat([self.valid_mask(geo) for geo in geos]).to(s.device)
         starts = torch.tensor([0] + counts).cumsum(0).tolist()
         groups = [list(range(starts[i], starts[i + 1])) for i in range(len(geos))]
-        kept = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.budget == "global")
+        chosen = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.budget == "global")
+        kept = [idx for idx, _ in chosen]
         proj = model_part(self.model, "multi_modal_projector")(cap.hidden)  # [views, M, H], as stock
         newline = model_part(self.model, "image_newline")
-        return [self.layout(geo, proj[starts[i]:starts[i + 1]], kept[starts[i]:starts[i + 1]], newline)
-                for i, geo in enumerate(geos)]
+        feats = [self.layout(geo, proj[starts[i]:starts[i + 1]], kept[starts[i]:starts[i + 1]], newline)
+                 for i, geo in enumerate(geos)]
+        g = self.side()
+        return feats, [view_reports(chosen[starts[i]:starts[i + 1]], (g, g)) for i in range(len(geos))]
 
     def layout(self, geo, proj, kept, newline) -> torch.Tensor:
         """Kept base tokens, then kept tile tokens row by row of the cropped grid, with newlines."""

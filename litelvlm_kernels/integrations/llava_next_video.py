@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ._towers import config_get, model_part
 from .llava_next import LlavaNextAdapter
 from .lvlm import Modality, register_adapter
-from .views import contribution, select_views, view_similarity
+from .views import contribution, select_views, view_reports, view_similarity
 
 
 @register_adapter
@@ -57,13 +57,11 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         video = Modality("pixel_values_videos", video_id, (),
                          lambda kw: [kw["pixel_values_videos"].shape[1] * self.pooled_per_frame()]
                          * kw["pixel_values_videos"].shape[0],
-                         self.video_features)
+                         self.video_features, pixel_dims=(5,))
         return super().modalities() + [video]
 
     def video_features(self, kwargs: dict, cond) -> list:
-        px = kwargs["pixel_values_videos"]
-        if px.dim() != 5:
-            raise ValueError(f"pixel_values_videos: expected [B, F, 3, H, W], got shape {tuple(px.shape)}")
+        px = kwargs["pixel_values_videos"]  # [B, F, 3, H, W] (check_inputs)
         B, Fr = px.shape[:2]
         cap = self.pruner.capture(px.flatten(0, 1))
         pooled = model_part(self.model, "vision_resampler")(cap.hidden)        # [B F, P, Dv], as stock
@@ -74,6 +72,8 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         c = F.avg_pool2d(contribution(cap).view(-1, 1, g, g), stride, stride).flatten(1)  # [B F, P]
         valid = torch.ones_like(c, dtype=torch.bool)
         groups = [list(range(b * Fr, (b + 1) * Fr)) for b in range(B)]
-        kept = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.video_budget == "per_clip")
+        chosen = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.video_budget == "per_clip")
         proj = model_part(self.model, "multi_modal_projector")(pooled)          # [B F, P, H], as stock
-        return [torch.cat([proj[f, kept[f]] for f in group]) for group in groups]
+        feats = [torch.cat([proj[f, chosen[f][0]] for f in group]) for group in groups]
+        side = g // stride
+        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups]

@@ -24,17 +24,31 @@ them, and weights and config are never touched.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import functools
 import importlib
 import inspect
+import threading
+import types
 from typing import Any
 
 import torch
 
 from .._validate import min_votes_of
 from ._towers import config_get, model_part
-from .inputs import prepare_inputs
+from .generation import (
+    CallerIds,
+    PrefixRecord,
+    cache_of,
+    cached_length,
+    caller_view_kwargs,
+    continue_ids,
+    expressions_key,
+    length_overrides,
+    record_of,
+    tag,
+)
+from .inputs import check_inputs, pixel_keys, prepare_inputs
 from .pruner import LiteLVLMPruner
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
@@ -104,7 +118,9 @@ class Modality:
     token_id: int
     extra_keys: tuple            # forward arguments that only describe the pixels (image_sizes): dropped
     stock_counts: Any            # (kwargs) -> list[int]: placeholders per item in the stock model
-    features: Any                # (kwargs, text_condition) -> list[Tensor [n_i, H]] in placeholder order
+    features: Any                # (kwargs, text_condition) -> (list[Tensor [n_i, H]] in placeholder order,
+    #                              list (per item) of lists (per view) of view_reports dicts)
+    pixel_dims: tuple = (4,)     # accepted pixel tensor ranks ([N, C, H, W]; 5 for views / frames)
 
 
 class FamilyAdapter:
@@ -146,52 +162,128 @@ class FamilyAdapter:
 
 
 class LiteLVLMPatch:
-    """The handle returned by ``enable_litelvlm``: ``disable()``, context manager, ``settings``, ``last_report``."""
+    """The handle returned by ``enable_litelvlm``: ``disable()``, context manager, ``settings``, ``last_report``.
+
+    Safe to share between threads for inference, like the stock model: nothing per call is stored on the
+    model or the patch except ``last_report``, which is per thread (each thread reads its own last call's).
+    """
 
     def __init__(self, model, adapter: FamilyAdapter):
         self.model, self.adapter = model, adapter
         self.settings = adapter.settings
-        self.last_report: dict | None = None
+        self._local = threading.local()
+        # an instance-level forward / generate (accelerate's hooks set one) is kept and restored by disable()
+        self._saved = {n: model.__dict__[n] for n in ("forward", "generate") if n in model.__dict__}
         self._orig_forward = model.forward
         self._orig_generate = model.generate
         self._forward_sig = inspect.signature(self._orig_forward)
-        # functools.wraps: inspect.signature(model.forward) must stay the stock one, since generate()
-        # reads it to decide what to pass (logits_to_keep, position_ids, cache_position in 4.x).
-        model.forward = _same_signature(self._orig_forward, self._forward)
-        model.generate = _same_signature(self._orig_generate, self._generate)
+        self._generate_sig = inspect.signature(self._orig_generate)
+        model.forward = _patched_method(model, self._orig_forward, "_forward")
+        model.generate = _patched_method(model, self._orig_generate, "_generate")
         model._litelvlm_patch = self
 
     @property
     def enabled(self) -> bool:
         return getattr(self.model, "_litelvlm_patch", None) is self
 
-    def _has_pixels(self, kwargs) -> bool:
-        return any(kwargs.get(m.pixel_key) is not None for m in self.adapter.modalities())
+    @property
+    def last_report(self) -> dict | None:
+        """The calling thread's last pruned call: per modality ``stock`` / ``kept`` placeholder counts and
+        ``views`` (per item, per view: ``indices``, ``from_similarity``, ``grid``, for ``viz.save_kept_tokens``),
+        and ``rows`` (visual and total tokens per prompt, before and after)."""
+        return getattr(self._local, "report", None)
+
+    @last_report.setter
+    def last_report(self, report: dict | None) -> None:
+        self._local.report = report
+
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy(model)`` gives a model patched on its own weights: every module reference goes
+        through ``memo`` (the copy's tower, projector, embeddings); the per-thread reports start empty."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in vars(self).items():
+            if k == "_local":
+                new._local = threading.local()
+            elif k in ("_forward_sig", "_generate_sig"):
+                setattr(new, k, v)  # immutable
+            else:
+                setattr(new, k, copy.deepcopy(v, memo))
+        return new
+
+    def _modalities_present(self, kwargs) -> list:
+        return [m for m in self.adapter.modalities() if kwargs.get(m.pixel_key) is not None]
+
+    def _record(self, kwargs: dict, new: dict, expressions) -> PrefixRecord:
+        ids = kwargs["input_ids"]
+        mask = kwargs.get("attention_mask")
+        return PrefixRecord(
+            caller_ids=ids.detach().cpu(), caller_mask=(torch.ones_like(ids) if mask is None else mask).detach().cpu(),
+            shrunk_ids=new["input_ids"].detach(), shrunk_mask=new["attention_mask"].detach(),
+            expressions=expressions_key(expressions),
+            pixels={m.pixel_key: kwargs[m.pixel_key] for m in self._modalities_present(kwargs)})
 
     def _forward(self, *args, **kwargs):
         expressions = kwargs.pop("referring_expressions", None)
-        kwargs = dict(self._forward_sig.bind_partial(*args, **kwargs).arguments)
-        kwargs.update(kwargs.pop("kwargs", {}))
-        if not self._has_pixels(kwargs):
+        kwargs = _bind(self._forward_sig, args, kwargs)
+        if not self._modalities_present(kwargs):
             return self._orig_forward(**kwargs)
+        cache_key, cache = cache_of(kwargs)
+        if cached_length(cache) > 0:
+            raise ValueError(f"{cache_key}: forward() with pixel inputs and a filled cache is not supported while "
+                             "LiteLVLM is enabled; use generate(), which continues a cache from a pruned turn")
+        check_inputs(self.adapter, kwargs)
         self.settings.check()
-        new, _, self.last_report = prepare_inputs(self.adapter, kwargs, expressions)
-        return self._orig_forward(**new)
-
-    def _generate(self, inputs=None, *args, **kwargs):
-        expressions = kwargs.pop("referring_expressions", None)
-        if inputs is not None:
-            kwargs["input_ids"] = inputs
-        if args or not self._has_pixels(kwargs):
-            if inputs is not None:
-                kwargs.pop("input_ids")
-            return self._orig_generate(inputs, *args, **kwargs)
-        self.settings.check()
-        stock_ids = kwargs["input_ids"]
         new, new_ids, self.last_report = prepare_inputs(self.adapter, kwargs, expressions)
-        new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
+        out = self._orig_forward(**new)
+        tag(cache if cache is not None else getattr(out, "past_key_values", None),
+            self._record(kwargs, dict(new, input_ids=new_ids), expressions))
+        return out
+
+    def _generate(self, *args, **kwargs):
+        expressions = kwargs.pop("referring_expressions", None)
+        kw = _bind(self._generate_sig, args, kwargs)
+        inputs = kw.pop("inputs", None)
+        if inputs is not None:
+            if kw.get("input_ids") is not None:
+                raise ValueError("inputs: given together with input_ids; pass the prompt once")
+            kw["input_ids"] = inputs
+        cache_key, cache = cache_of(kw)
+        record = record_of(cache) if cached_length(cache) > 0 else None
+        present = self._modalities_present(kw)
+        if not present and record is None:
+            return self._orig_generate(**kw)  # no image in this call and no pruned prefix behind it: stock
+        if cached_length(cache) > 0 and record is None:
+            raise ValueError(f"{cache_key}: this cache was not filled by a LiteLVLM-pruned prefill, so it cannot "
+                             f"be mapped onto a pruned prompt; drop {cache_key} (or pass the cache that the "
+                             "enabled model's generate() returned)")
+        if kw.get("assistant_model") is not None:
+            raise ValueError("assistant_model: assisted generation is not supported on a pruned prompt (the "
+                             "assistant would see the shrunk placeholder run); disable LiteLVLM for it")
+        check_inputs(self.adapter, kw)
+        self.settings.check()
+        caller_ids = kw["input_ids"]
+        if record is not None:
+            if kw.get("position_ids") is not None:
+                raise ValueError("position_ids: not supported when continuing a pruned cache (they would count "
+                                 "the dropped placeholders); leave them to generate()")
+            pixels = {m.pixel_key: kw[m.pixel_key] for m in present}
+            new = {k: v for k, v in kw.items() if k not in pixel_keys(self.adapter)}
+            new["input_ids"], new["attention_mask"] = continue_ids(
+                record, caller_ids, kw.get("attention_mask"), [m.token_id for m in self.adapter.modalities()],
+                pixels, expressions, cache_key)
+        else:
+            new, new_ids, self.last_report = prepare_inputs(self.adapter, kw, expressions)
+            new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
+            record = self._record(kw, new, expressions)
+            tag(cache, record)  # a passed, empty cache is filled in place
+        shrunk_len = new["input_ids"].shape[1]
+        view = CallerIds(caller_ids, shrunk_len)
+        new.update(length_overrides(self.model, new, caller_ids.shape[1] - shrunk_len))
+        new.update(caller_view_kwargs(new, view))
         out = self._orig_generate(**new)
-        return _reexpand(out, stock_ids, new_ids.shape[1])
+        tag(getattr(out, "past_key_values", None), record)
+        return _reexpand(out, caller_ids, shrunk_len)
 
     def disable(self) -> None:
         """Undo ``enable_litelvlm``: the model's own ``forward`` / ``generate`` again."""
@@ -199,6 +291,7 @@ class LiteLVLMPatch:
             return
         for name in ("forward", "generate", "_litelvlm_patch"):
             self.model.__dict__.pop(name, None)
+        self.model.__dict__.update(self._saved)
 
     def __enter__(self):
         return self
@@ -207,11 +300,34 @@ class LiteLVLMPatch:
         self.disable()
 
 
-def _same_signature(orig, impl):
-    @functools.wraps(orig)
-    def call(*args, **kwargs):
-        return impl(*args, **kwargs)
-    return call
+def _bind(sig: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """Positional and keyword arguments of a call as one dict by name (the **kwargs part flattened in)."""
+    try:
+        bound = dict(sig.bind_partial(*args, **kwargs).arguments)
+    except TypeError as exc:
+        raise TypeError(f"{exc} (the stock signature is {sig})") from None
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            bound.update(bound.pop(p.name, {}))
+    return bound
+
+
+def _patched_method(model, orig, name: str):
+    """A method bound to ``model`` that calls its patch's ``name``, with ``orig``'s signature.
+
+    ``inspect.signature(model.forward)`` must stay the stock one: generate() reads it to decide what to pass
+    (logits_to_keep, position_ids, attention_mask). The function reaches the patch through its first argument
+    (never a closure over the model), so ``copy.deepcopy(model)`` binds the copy to the copy's own patch.
+    """
+    def method(self, *args, **kwargs):
+        return getattr(self._litelvlm_patch, name)(*args, **kwargs)
+
+    sig = inspect.signature(orig)
+    method.__signature__ = sig.replace(
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *sig.parameters.values()])
+    method.__name__ = getattr(orig, "__name__", name)
+    method.__doc__ = getattr(orig, "__doc__", None)
+    return types.MethodType(method, model)
 
 
 def _reexpand(out, stock_ids: torch.Tensor, new_len: int):

@@ -1,13 +1,21 @@
 """``LiteLVLMPruner``: a Hugging Face CLIP tower + texts -> kept visual tokens.
 
 Composes the three other jobs: ``_towers`` (where the parts are), ``capture``
-(one hooked vision forward), ``text`` (encode, group, fold, cache), then calls
-``litelvlm_kernels.prune``.
+(one vision forward run by hand), ``text`` (encode, group, fold, cache), then
+calls ``litelvlm_kernels.prune``.
+
+Thread safety: a pruner may be shared by threads for inference. The capture
+keeps no state; the only shared mutable parts, the folded-text cache and the
+tokenizer (a fast tokenizer's padding / truncation settings live in the
+tokenizer object), are used under locks.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import threading
+import warnings
 from typing import Any
 
 import torch
@@ -18,6 +26,7 @@ from .text import (
     FoldCache,
     TextCondition,
     TextsArg,
+    check_tokenizer,
     encode_text,
     flatten_texts,
     group_counts,
@@ -40,6 +49,7 @@ class HFPruneResult:
     from_similarity: torch.Tensor
     text: TextCondition | None = None
     capture: VisionCapture | None = None
+    num_tokens: int | None = None  # M, the patch tokens per row the indices point into (viz draws the grid from it)
 
 
 class LiteLVLMPruner:
@@ -67,6 +77,15 @@ class LiteLVLMPruner:
         Skip the unused tail of the vision tower (see ``capture_vision``).
     cache_size : int
         Number of folded text conditions kept (0 disables the cache).
+
+    Raises
+    ------
+    TypeError, ValueError
+        At construction, naming the argument: a tower that is not CLIP, a
+        projection whose width is not the tower's (``visual_projection``) or
+        the text tower's (``text_model``), a tokenizer that does not fit the
+        text tower (``tokenizer``: vocabulary larger than its ``vocab_size``, or
+        another [EOS] id; e.g. the LLM's tokenizer passed by mistake).
 
     Examples
     --------
@@ -96,10 +115,46 @@ class LiteLVLMPruner:
                 "visual_projection= (the nn.Linear or [P, Dv] weight of CLIPModel / "
                 "CLIPVisionModelWithProjection for the same checkpoint)"
             )
-        projection_weight(visual_projection, "visual_projection")  # type check now
         self._visual_projection = visual_projection
+        self._check_widths()
+        if tokenizer is not None and text_model is not None:
+            check_tokenizer(tokenizer, text_tower(text_model).config)
         self.stop_early = stop_early
         self._cache = FoldCache(cache_size)
+        self._tokenizer_lock = threading.Lock()
+        self._warned_truncation = False
+
+    def _check_widths(self) -> None:
+        """The projection joins the vision tower's width Dv to the text tower's output P: check both ends now."""
+        proj = projection_weight(self._visual_projection, "visual_projection")
+        dv = self.tower.config.hidden_size
+        if proj.shape[1] != dv:
+            raise ValueError(f"visual_projection: a [P, {proj.shape[1]}] projection does not fit a vision tower of "
+                             f"width {dv}; pass the projection of the CLIP checkpoint this tower comes from")
+        text_proj = getattr(self.text_model, "text_projection", None)
+        out = getattr(text_proj, "out_features", None)
+        if out is not None and out != proj.shape[0]:
+            raise ValueError(f"text_model: its text_projection gives {out}-d embeddings but visual_projection gives "
+                             f"{proj.shape[0]}-d ones; pass the text tower of the same CLIP checkpoint")
+
+    def __deepcopy__(self, memo):
+        """A pruner on the copied modules (through ``memo``, so a copied LVLM's pruner reads the copy's tower).
+
+        The tokenizer is shared (it holds no weights), the locks are new and the cache starts empty (its
+        entries are keyed by the original weights' identities and would never hit).
+        """
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in vars(self).items():
+            if k == "tokenizer":
+                setattr(new, k, v)
+            elif k == "_tokenizer_lock":
+                setattr(new, k, threading.Lock())
+            elif k == "_cache":
+                setattr(new, k, FoldCache(v.size))
+            else:
+                setattr(new, k, copy.deepcopy(v, memo))
+        return new
 
     @property
     def cache_size(self) -> int:
@@ -139,8 +194,16 @@ class LiteLVLMPruner:
         if self.tokenizer is None:
             raise ValueError("texts: strings need a tokenizer; pass tokenizer= or input_ids=")
         max_len = getattr(text_tower(self.text_model).config, "max_position_embeddings", None)
-        enc = self.tokenizer(list(texts), padding=True, truncation=max_len is not None,
-                             max_length=max_len, return_tensors="pt")
+        with self._tokenizer_lock:
+            if max_len is not None and not self._warned_truncation:
+                lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+                longest = max(lengths, default=0)
+                if longest > max_len:
+                    self._warned_truncation = True  # once per pruner: a server would repeat it per request
+                    warnings.warn(f"texts: an expression of {longest} tokens is truncated to the text tower's "
+                                  f"{max_len} positions (this warning is shown once)", stacklevel=4)
+            enc = self.tokenizer(list(texts), padding=True, truncation=max_len is not None,
+                                 max_length=max_len, return_tensors="pt")
         return enc["input_ids"], enc.get("attention_mask")
 
     def _encode(self, flat_texts, input_ids, attention_mask) -> torch.Tensor:
@@ -192,8 +255,11 @@ class LiteLVLMPruner:
             flat_texts, counts = flatten_texts(texts, texts_per_image)
             key = ("texts", tuple(flat_texts), tuple(counts))
         elif input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids: expected [N, L], got shape {tuple(input_ids.shape)}")
+            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+                raise ValueError(f"input_ids: expected an [N, L] tensor, got "
+                                 f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids!r}")
+            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+                raise TypeError(f"input_ids: expected integer token ids, got {input_ids.dtype}")
             counts = group_counts(input_ids.shape[0], texts_per_image)
             mask_key = None if attention_mask is None else tuple(attention_mask.flatten().tolist())
             key = ("ids", tuple(input_ids.shape), tuple(input_ids.flatten().tolist()), mask_key, tuple(counts))
@@ -227,10 +293,10 @@ class LiteLVLMPruner:
 
     # ---- vision -------------------------------------------------------------
 
-    def capture(self, pixel_values: torch.Tensor, **forward_kwargs) -> VisionCapture:
-        """Hooked vision forward (see ``capture_vision``)."""
+    def capture(self, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> VisionCapture:
+        """The tower run as far as the method needs (see ``capture_vision``)."""
         return capture_vision(self.vision_model, pixel_values, select_layer=self.select_layer,
-                              stop_early=self.stop_early, **forward_kwargs)
+                              stop_early=self.stop_early, interpolate_pos_encoding=interpolate_pos_encoding)
 
     # ---- both ---------------------------------------------------------------
 
@@ -240,7 +306,7 @@ class LiteLVLMPruner:
               num_retain: int = 192, texts_per_image: Any = None, share_text_across: int | None = None,
               multi_text: str | int = "union", k_per_text: int | None = None,
               order: str = "official", scale: float | None = None, return_tokens: bool = True,
-              return_capture: bool = False, **forward_kwargs) -> HFPruneResult:
+              return_capture: bool = False, interpolate_pos_encoding: bool = False) -> HFPruneResult:
         """Images + texts -> kept indices and kept select-layer tokens.
 
         Parameters
@@ -256,8 +322,8 @@ class LiteLVLMPruner:
             As ``litelvlm_kernels.prune``.
         return_capture : bool
             Attach the VisionCapture to the result.
-        **forward_kwargs
-            Go to the vision tower (e.g. interpolate_pos_encoding).
+        interpolate_pos_encoding : bool
+            The vision tower's own argument (images of another size).
 
         Returns
         -------
@@ -274,7 +340,7 @@ class LiteLVLMPruner:
                                      texts_per_image=texts_per_image)
         elif any(x is not None for x in (input_ids, texts, text_embeds)):
             raise ValueError("prune: pass either text= or texts / input_ids / text_embeds, not both")
-        cap = self.capture(pixel_values, **forward_kwargs)
+        cap = self.capture(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         folded, num_texts = text_for_rows(text, cap.hidden.shape[0], share_text_across)
         res = lite_prune(
             cap.hidden, folded, cap.q_cls.detach(), cap.keys.detach(), cap.values.detach(),
@@ -284,6 +350,7 @@ class LiteLVLMPruner:
         return HFPruneResult(
             indices=res.indices, tokens=res.tokens, num_similarity=res.num_similarity,
             from_similarity=res.from_similarity, text=text, capture=cap if return_capture else None,
+            num_tokens=cap.hidden.shape[1],
         )
 
     __call__ = prune

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,15 +99,65 @@ def group_counts(n: int, texts_per_image) -> list:
     return counts
 
 
+def check_expression(text, name: str) -> str:
+    """A referring expression: a str with at least one non-blank character, or a named error."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name}: expected a str, got {type(text).__name__} ({text!r})")
+    if not text.strip():
+        raise ValueError(f"{name}: an empty or blank expression ({text!r}) would still change the selection; "
+                         "drop it (an image with no expression uses [CLS] context only)")
+    return text
+
+
 def flatten_texts(texts: TextsArg, texts_per_image: Any) -> tuple[list, list]:
-    """(flat list of strings, texts per group) from a str, a list, or a list of lists."""
+    """(flat list of strings, texts per group) from a str, a flat list of str, or a list of lists of str.
+
+    A list mixing strings and lists is refused (``[["the cat"], "a dog"]`` would otherwise read the
+    str as a list of one-character texts).
+    """
     if isinstance(texts, str):
         texts = [texts]
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts: expected a str, a list of str or a list of lists of str, got {type(texts).__name__}")
     texts = list(texts)
-    if texts and not isinstance(texts[0], str):
-        nested = [list(g) for g in texts]
-        return [t for g in nested for t in g], [len(g) for g in nested]
+    nested = [not isinstance(t, str) and isinstance(t, Sequence) for t in texts]
+    if any(nested) and not all(nested):
+        raise TypeError("texts: mixes strings and lists; pass a flat list of str (one group) or one list of str "
+                        "per image, e.g. [['the cat'], ['a dog']]")
+    if texts and nested[0]:
+        groups = [[check_expression(t, f"texts[{i}][{j}]") for j, t in enumerate(g)] for i, g in enumerate(texts)]
+        return [t for g in groups for t in g], [len(g) for g in groups]
+    texts = [check_expression(t, f"texts[{i}]") for i, t in enumerate(texts)]
     return texts, group_counts(len(texts), texts_per_image)
+
+
+def check_tokenizer(tokenizer, text_config) -> None:
+    """Refuse a tokenizer that cannot be the text tower's own (say, the LLM's): every id it makes must be in the
+    tower's vocabulary, and its [EOS] must be the token the tower pools at.
+
+    The tower pools at the first ``eos_token_id`` of each row, except configs that keep the legacy
+    ``eos_token_id = 2`` (the original OpenAI checkpoints), which pool at the highest id: the tokenizer's [EOS]
+    must then be its highest id.
+    """
+    vocab = getattr(text_config, "vocab_size", None)
+    try:
+        n = len(tokenizer)
+    except TypeError:
+        return  # not a Hugging Face tokenizer: nothing to compare
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if vocab is not None and n > vocab:
+        raise ValueError(f"tokenizer: its {n}-token vocabulary does not fit the CLIP text tower's vocab_size "
+                         f"{vocab}; pass the CLIP tokenizer of the same checkpoint (not the LLM's)")
+    if eos is None:
+        raise ValueError("tokenizer: has no eos_token_id; the CLIP text tower pools at [EOS]")
+    tower_eos = getattr(text_config, "eos_token_id", None)
+    if tower_eos == 2:
+        if eos != n - 1:
+            raise ValueError(f"tokenizer: [EOS] is id {eos}, but this CLIP text tower (legacy eos_token_id=2) pools "
+                             f"at the highest id ({n - 1}); pass the CLIP tokenizer of the same checkpoint")
+    elif tower_eos is not None and eos != tower_eos:
+        raise ValueError(f"tokenizer: [EOS] is id {eos}, but the CLIP text tower pools at eos_token_id={tower_eos}; "
+                         "pass the CLIP tokenizer of the same checkpoint (not the LLM's)")
 
 
 def pad_groups(flat: torch.Tensor, counts: list) -> torch.Tensor:
@@ -155,29 +206,37 @@ def weights_key(tensors) -> tuple:
 
 
 class FoldCache:
-    """A small LRU of TextCondition keyed by text content + weights (``size=0`` disables it)."""
+    """A small LRU of TextCondition keyed by text content + weights (``size=0`` disables it).
+
+    Thread-safe: get / put / clear hold a lock (an LRU's move_to_end and eviction race otherwise).
+    Entries are immutable once stored, so a hit may be used outside the lock.
+    """
 
     def __init__(self, size: int = 64):
         self.size = size
         self._items: collections.OrderedDict[Any, TextCondition] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key) -> TextCondition | None:
         if key is None or self.size <= 0:
             return None
-        hit = self._items.get(key)
-        if hit is not None:
-            self._items.move_to_end(key)
-        return hit
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
 
     def put(self, key, cond: TextCondition) -> None:
         if key is None or self.size <= 0:
             return
-        self._items[key] = cond
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = cond
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)

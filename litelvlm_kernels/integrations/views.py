@@ -50,27 +50,35 @@ def contribution(cap):
 
 
 def select_views(s, c, num, valid: torch.Tensor, groups: list, settings, joint: bool) -> list:
-    """Kept token indices of each view (ascending, real tokens only).
+    """(kept token indices, kept-by-similarity flags) of each view: ascending, real tokens only.
 
     s [V, T, M], c [V, M], num [V] or None, valid [V, M] bool; ``groups``: the
-    views of each item (used when ``joint``).
+    views of each item (used when ``joint``). Returns one ``(indices [k] int64,
+    from_similarity [k] bool)`` pair per view.
     """
     R, mv, kpt = settings.num_retain, min_votes_of(settings.multi_text), settings.k_per_text or 0
     s = s.masked_fill(~valid[:, None, :], INF)
     c = c.masked_fill(~valid, -INF)
     if not joint:
-        idx, _, _ = ops.select_tokens(s, c, R, mv, kpt, "spatial", num)
-        return [row[valid[v, row]] for v, row in enumerate(idx)]
+        idx, _, from_sim = ops.select_tokens(s, c, R, mv, kpt, "spatial", num)
+        real = [valid[v, row] for v, row in enumerate(idx)]
+        return [(row[r], f[r]) for row, f, r in zip(idx, from_sim, real)]
     kept = [None] * s.shape[0]
     for views in groups:
         sv = torch.cat([s[v][:, valid[v]] for v in views], -1).unsqueeze(0)
         share = [c[v][valid[v]] / c[v][valid[v]].sum().clamp_min(torch.finfo(c.dtype).tiny) for v in views]
-        idx, _, _ = ops.select_tokens(sv, torch.cat(share).unsqueeze(0), R, mv, kpt, "spatial",
-                                      None if num is None else num[views[:1]])
+        idx, _, from_sim = ops.select_tokens(sv, torch.cat(share).unsqueeze(0), R, mv, kpt, "spatial",
+                                             None if num is None else num[views[:1]])
         start = 0
         for v in views:
             real = valid[v].nonzero().flatten()
-            mine = idx[0][(idx[0] >= start) & (idx[0] < start + real.numel())] - start
-            kept[v] = real[mine]
+            mine = (idx[0] >= start) & (idx[0] < start + real.numel())
+            kept[v] = (real[idx[0][mine] - start], from_sim[0][mine])
             start += real.numel()
     return kept
+
+
+def view_reports(kept: list, grid: tuple) -> list:
+    """One ``{"indices", "from_similarity", "grid"}`` dict per view (on the CPU): what ``viz.save_kept_tokens``
+    takes as keyword arguments."""
+    return [{"indices": i.cpu(), "from_similarity": f.cpu(), "grid": grid} for i, f in kept]

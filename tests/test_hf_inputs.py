@@ -1,0 +1,164 @@
+"""Every input of the Hugging Face integrations checked once, at the boundary, with an error naming the argument.
+
+Each case used to crash deep inside (an embedding error, an IndexError, a
+reshape error), be swallowed (a typo'd keyword), or be accepted and give a
+silently different selection (blank expressions, the LLM's tokenizer, a
+5-D ``pixel_values`` read as more images). After every refused call the
+model still gives its normal output: an error leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import _lvlm_models as lm  # noqa: E402
+import tokenizers  # noqa: E402
+import transformers  # noqa: E402
+from _lvlm_models import tl  # noqa: E402
+
+from litelvlm_kernels.integrations.hf import LiteLVLMPruner  # noqa: E402
+from litelvlm_kernels.integrations.lvlm import enable_litelvlm  # noqa: E402
+
+M = tl.M
+EXPRS = [["the cat"], ["a red car", "the man on the left"]]
+
+
+@pytest.fixture(scope="module")
+def pruner():
+    return LiteLVLMPruner(lm.clip(), tokenizer=lm.tokenizer())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lm.lvlm("llava")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, M)] * 3)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=lm.pixels(3, 3, tl.IMAGE, tl.IMAGE))
+
+
+def word_tokenizer(n_words: int, eos: str = "</s>"):
+    """A fast word-level tokenizer of ``n_words`` entries: stands in for an LLM's tokenizer."""
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", eos] + [f"w{i}" for i in range(n_words - 3)])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                                eos_token=eos, pad_token="<unk>")
+
+
+def px(n=1, seed=3):
+    return lm.pixels(n, 3, tl.IMAGE, tl.IMAGE, seed=seed)
+
+
+# --------------------------------------------------------------------------- the pruner
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda p: p.prune(px(), texts=["a cat"], num_retian=8), TypeError, "num_retian"),
+    (lambda p: p.prune(px(2), texts=[["the cat"], "a dog"]), TypeError, "texts: mixes"),
+    (lambda p: p.prune(px(), texts=[1, 2]), TypeError, r"texts\[0\]"),
+    (lambda p: p.prune(px(), texts=["a cat", "  "]), ValueError, r"texts\[1\]"),
+    (lambda p: p.prune(px(), texts=[""]), ValueError, r"texts\[0\]"),
+    (lambda p: p.prune(px(2), texts=[["a cat"], [" "]]), ValueError, r"texts\[1\]\[0\]"),
+    (lambda p: p.prune(px(0), texts=["a cat"]), ValueError, "pixel_values: no images"),
+    (lambda p: p.prune(px().numpy(), texts=["a cat"]), TypeError, "pixel_values"),
+    (lambda p: p.prune(px()[0], texts=["a cat"]), ValueError, "pixel_values"),
+    (lambda p: p.prune(px().long(), texts=["a cat"]), TypeError, "pixel_values"),
+    (lambda p: p.prune(px(), input_ids=torch.ones(2, 4)), TypeError, "input_ids"),
+    (lambda p: p.prune(px(), input_ids=torch.ones(4, dtype=torch.long)), ValueError, "input_ids"),
+])
+def test_pruner_inputs_named(pruner, call, exc, match):
+    with torch.no_grad(), pytest.raises(exc, match=match):
+        call(pruner)
+    with torch.no_grad():  # nothing left behind
+        assert pruner.prune(px(), texts=["a cat"], num_retain=8).indices.shape == (1, 8)
+
+
+def test_wrong_tokenizer_refused_at_construction():
+    clip = lm.clip()
+    with pytest.raises(ValueError, match="tokenizer: its 300-token vocabulary"):
+        LiteLVLMPruner(clip, tokenizer=word_tokenizer(300))  # an LLM-sized vocabulary
+    with pytest.raises(ValueError, match=r"tokenizer: \[EOS\] is id 2"):
+        LiteLVLMPruner(clip, tokenizer=word_tokenizer(10))   # fits, but pools at another [EOS]
+
+
+def test_tower_widths_checked_at_construction():
+    clip = lm.clip()
+    other = transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(lm.tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(image_size=tl.IMAGE, patch_size=tl.PATCH, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16)).eval()
+    with pytest.raises(ValueError, match="visual_projection"):
+        LiteLVLMPruner(clip, other, lm.tokenizer(), visual_projection=other.visual_projection)
+    with pytest.raises(ValueError, match="text_model"):
+        LiteLVLMPruner(clip, other, lm.tokenizer(), visual_projection=clip.visual_projection)
+    model = lm.lvlm("llava")
+    with pytest.raises(ValueError, match="visual_projection"):  # at enable time, not at the first generate
+        enable_litelvlm(model, other, lm.tokenizer())
+    with pytest.raises(ValueError, match="tokenizer"):
+        enable_litelvlm(model, clip, word_tokenizer(300))
+    assert "forward" not in model.__dict__
+
+
+def test_long_expressions_truncated_with_one_warning():
+    pruner = LiteLVLMPruner(lm.clip(), tokenizer=lm.tokenizer())
+    long = " ".join(["the red car"] * 10)  # 30 words, the tiny text tower has 16 positions
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = pruner.prune(px(), texts=[long], num_retain=8)
+        b = pruner.prune(px(), texts=[long + " cat"], num_retain=8)
+    msgs = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert len(msgs) == 1 and "16 positions" in msgs[0]
+    assert torch.equal(a.indices, b.indices)  # the words past position 16 are cut from both
+
+
+# --------------------------------------------------------------------------- the patched LVLM
+
+
+def _bad_calls(batch):
+    ids, mask, pix = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+    return [
+        (dict(batch, input_ids=ids.float()), TypeError, "input_ids: expected integer"),
+        (dict(batch, input_ids=ids[0], attention_mask=mask[0]), ValueError, r"input_ids: expected \[batch"),
+        (dict(batch, pixel_values=pix[0]), ValueError, "pixel_values: expected a 4-D"),
+        (dict(batch, pixel_values=pix[None]), ValueError, "pixel_values: expected a 4-D"),
+        (dict(batch, pixel_values=pix.numpy()), TypeError, "pixel_values"),
+        (dict(batch, pixel_values=pix[:, :1]), ValueError, "pixel_values: expected 3 channels"),
+        (dict(batch, attention_mask=mask[:, 1:]), ValueError, "attention_mask"),
+        (dict(batch, attention_mask=np.ones(ids.shape)), ValueError, "attention_mask"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_lvlm_tensors_named(model, batch, case):
+    kwargs, exc, match = _bad_calls(batch)[case]
+    with torch.no_grad(), enable_litelvlm(model, lm.clip(), lm.tokenizer(), num_retain=8):
+        want = model(**batch, referring_expressions=EXPRS).logits
+        with pytest.raises(exc, match=match):
+            model(**kwargs, referring_expressions=EXPRS)
+        with pytest.raises(exc, match=match):
+            model.generate(**kwargs, referring_expressions=EXPRS, max_new_tokens=2)
+        assert torch.equal(model(**batch, referring_expressions=EXPRS).logits, want)
+
+
+@pytest.mark.parametrize("exprs,exc,match", [
+    ([["the cat"], ["a red car", " "]], ValueError, r"referring_expressions\[1\]\[1\]"),
+    ([[""], ["a red car"]], ValueError, r"referring_expressions\[0\]\[0\]"),
+    ([["the cat"], [3]], TypeError, r"referring_expressions\[1\]\[0\]"),
+    ([["the cat"], 3], TypeError, r"referring_expressions\[1\]"),
+    ({"a": 1}, TypeError, "referring_expressions"),
+])
+def test_lvlm_expressions_named(model, batch, exprs, exc, match):
+    with torch.no_grad(), enable_litelvlm(model, lm.clip(), lm.tokenizer(), num_retain=8):
+        with pytest.raises(exc, match=match):
+            model(**batch, referring_expressions=exprs)
