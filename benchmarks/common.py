@@ -88,6 +88,22 @@ def measure(fn: Callable[[], object], device, *, cuda_graph: bool = False,
     return {"p50_ms": float(qs[0]), "p20_ms": float(qs[1]), "p80_ms": float(qs[2])}
 
 
+def git_commit() -> str:
+    """The repository's HEAD (short), with "-dirty" when tracked files differ from it: every row names the code
+    it measured."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("-dirty" if dirty else "")
+
+
 def make_row(op: str, provider: str, shape: dict, dtype, timing: Dict[str, float], *,
              device="cpu", **extra) -> dict:
     row = {
@@ -100,6 +116,7 @@ def make_row(op: str, provider: str, shape: dict, dtype, timing: Dict[str, float
         "device_type": torch.device(device).type,
         "torch": torch.__version__,
         "triton": _triton_version(),
+        "commit": git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     row.update(extra)

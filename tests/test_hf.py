@@ -154,6 +154,48 @@ def test_capture_equals_hand_run(models, select_layer, stop_early):
     torch.testing.assert_close(cap.values, v, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("select_layer", [-2, -1, 0])
+def test_capture_is_bit_for_bit_the_stock_forward(models, select_layer):
+    """The hand-run capture returns exactly the values the stock forward computes (read here with hooks on a
+    plain forward: the test's own, independent view of them)."""
+    vision, _ = models
+    attn = vision.vision_model.encoder.layers[-1].self_attn
+    seen = {}
+    handles = [getattr(attn, f"{n}_proj").register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, o))
+               for n in "qkv"]
+    px = pixels(3)
+    try:
+        with torch.no_grad():
+            hs = vision(px, output_hidden_states=True).hidden_states[select_layer]
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        cap = hf.capture_vision(vision, px, select_layer=select_layer)
+    assert torch.equal(cap.hidden, hs[:, 1:]) and torch.equal(cap.cls_hidden, hs[:, 0])
+    assert torch.equal(cap.q_cls, seen["q"][:, 0])
+    assert torch.equal(cap.keys, seen["k"][:, 1:]) and torch.equal(cap.values, seen["v"][:, 1:])
+
+
+def test_capture_registers_no_hook(models):
+    """Nothing is attached to the shared modules, so concurrent calls cannot see each other's tensors."""
+    vision, _ = models
+    before = {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in vision.named_modules()}
+    calls = []
+
+    def spy(module, *args):
+        calls.append(dict(module._forward_hooks))
+
+    h = vision.vision_model.encoder.layers[-1].self_attn.k_proj.register_forward_pre_hook(spy)
+    try:
+        with torch.no_grad():
+            hf.capture_vision(vision, pixels(1))
+    finally:
+        h.remove()
+    assert calls == [{}]  # while the capture ran, k_proj carried no forward hook
+    assert {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in vision.named_modules()} == before
+
+
 def test_capture_stop_early_skips_the_tail(models):
     vision, _ = models
     calls = []

@@ -101,6 +101,26 @@ def test_pruned_equals_hand_built_pipeline(model, batch, multi_text, min_votes, 
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)
 
 
+def test_report_views_hold_the_kept_indices(model, batch, tmp_path):
+    """last_report["image"]["views"]: per image, per view, the kept indices (as the reference selects them), their
+    from_similarity flags and the grid; the documented one-liner draws one with viz."""
+    from litelvlm_kernels import viz
+
+    R = 16
+    px = batch["pixel_values"]
+    with torch.no_grad(), enable(model, num_retain=R) as patch:
+        model(**batch, referring_expressions=EXPRS)
+        hidden = lm.select_layer_states(model, px)
+        for i, e in enumerate([EXPRS[0], EXPRS[1], EXPRS[1]]):
+            s, c = lm.scores(hidden[i:i + 1], px[i:i + 1], e)
+            idx, _, from_sim = reference.select(s, c, R)
+            (view,) = patch.last_report["image"]["views"][i]
+            assert torch.equal(view["indices"], idx[0]) and torch.equal(view["from_similarity"], from_sim[0])
+            assert view["grid"] == (8, 8)
+    path = viz.save_kept_tokens(tmp_path / "kept.png", px[0], **patch.last_report["image"]["views"][0][0])
+    assert (tmp_path / "kept.png").is_file() and str(path).endswith("kept.png")
+
+
 def test_labels_position_ids_and_right_padding(model, batch):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     labels = torch.where((ids == tl.IMAGE_TOKEN) | (mask == 0), -100, ids)

@@ -129,12 +129,13 @@ def test_next_pruned_equals_hand_built(next_model, next_batch, budget, newline):
         newline_param = inner.image_newline
         packed = _per_image(*inner.pack_image_features(list(feats.split(V)), SIZES, "default",
                                                        image_newline=newline_param))
-        hand, counts = [], []
+        hand, counts, kept_tags = [], [], []
         for i in range(3):
             valid = torch.zeros(V[i], M, dtype=torch.bool)
             real = tags[i][tags[i] > 0] - 1
             valid.view(-1)[real] = True
             kept = reference_kept(next_model, px[starts[i]:starts[i + 1]], PER_IMAGE[i], valid, R, budget == "global")
+            kept_tags.append(kept)
             pos = keep_positions(tags[i], kept, newline)
             hand.append(packed[i][pos])
             counts.append(len(pos))
@@ -144,6 +145,9 @@ def test_next_pruned_equals_hand_built(next_model, next_batch, budget, newline):
         with enable(next_model, num_retain=R, budget=budget, image_newline=newline) as patch:
             got = next_model(**batch, referring_expressions=EXPRS).logits
     assert patch.last_report["image"]["kept"] == counts
+    views = patch.last_report["image"]["views"]  # per image, per view: the kept indices into the view's M tokens
+    assert [len(v) for v in views] == V and all(d["grid"] == (8, 8) for v in views for d in v)
+    assert [{w * M + int(t) + 1 for w, d in enumerate(v) for t in d["indices"]} for v in views] == kept_tags
     assert got.shape == want.shape
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)
 
@@ -197,7 +201,7 @@ def test_video_pruned_equals_hand_built(video_model, video_batch, video_budget, 
         frames = batch["pixel_values_videos"].flatten(0, 1)
         pooled = inner.vision_resampler(lm.select_layer_states(video_model, frames))
         feats = inner.multi_modal_projector(pooled)
-        hand = []
+        hand, kept = [], []
         for b, e in enumerate(VIDEO_EXPRS):
             fr = slice(b * FRAMES, (b + 1) * FRAMES)
             s, c = lm.scores(pooled[fr], frames[fr], [e] if isinstance(e, str) else e)
@@ -205,18 +209,24 @@ def test_video_pruned_equals_hand_built(video_model, video_batch, video_budget, 
             if video_budget == "per_frame":
                 idx, _, _ = reference.select(s, c, R, order="spatial")
                 hand += [feats[fr][f, idx[f]] for f in range(FRAMES)]
+                kept.append({f * P + int(t) for f in range(FRAMES) for t in idx[f]})
             else:
                 share = c / c.sum(1, keepdim=True)
                 idx, _, _ = reference.select(s.permute(1, 0, 2).flatten(1)[None], share.flatten()[None], R,
                                              order="spatial")
                 hand.append(feats[fr].flatten(0, 1)[idx[0]])
+                kept.append(set(idx[0].tolist()))
         n = R * FRAMES if video_budget == "per_frame" else R
         ids, mask = tl.prompt_ids([1, 1], [(tl.VIDEO_TOKEN, n)] * 2)
         embeds = lm.embed_merge(video_model, ids, tl.VIDEO_TOKEN, torch.cat(hand))
         want = video_model(inputs_embeds=embeds, attention_mask=mask).logits
-        with enable(video_model, num_retain=R, video_budget=video_budget):
+        with enable(video_model, num_retain=R, video_budget=video_budget) as patch:
             got = video_model(**batch, referring_expressions=VIDEO_EXPRS).logits
+            views = patch.last_report["video"]["views"]  # per video, per frame: indices into its P pooled tokens
             out = greedy(video_model, batch, referring_expressions=VIDEO_EXPRS)
+    side = int(P ** 0.5)
+    assert [len(v) for v in views] == [FRAMES] * 2 and all(d["grid"] == (side, side) for v in views for d in v)
+    assert [{f * P + int(t) for f, d in enumerate(v) for t in d["indices"]} for v in views] == kept
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)
     assert out.shape[0] == 2 and torch.equal(out[:, :batch["input_ids"].shape[1]], batch["input_ids"])
 

@@ -1,0 +1,32 @@
+"""Smoke run of benchmarks/bench_capture.py on the tiny tower (no timing asserted): its providers agree."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from benchmarks import bench_capture  # noqa: E402
+
+
+def test_providers_capture_the_same_tensors():
+    vision = bench_capture.build("tiny")
+    px = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    runs = bench_capture.providers(vision, px)
+    with torch.no_grad():
+        hooked, free, full = runs["hooked"](), runs["hook-free"](), runs["hook-free-full"]()
+        runs["stock"]()
+    for cap in (free, full):
+        assert torch.equal(cap.hidden, hooked["hidden"][:, 1:]) and torch.equal(cap.q_cls, hooked["q"])
+        assert torch.equal(cap.keys, hooked["k"]) and torch.equal(cap.values, hooked["v"])
+
+
+def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch):
+    def once(fn, device, **kw):  # the code path, not the timing: one call per provider
+        fn()
+        return {"p50_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}
+
+    monkeypatch.setattr(bench_capture, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(bench_capture, "measure", once)
+    rows = bench_capture.main(["--towers", "tiny", "--rounds", "1", "--no-write"])
+    assert {r["provider"] for r in rows} == {"stock", "hooked", "hook-free", "hook-free-full"}
+    assert all(r["commit"] for r in rows) and not list(tmp_path.iterdir())
