@@ -83,8 +83,8 @@ def sharpen(model, std: float, seed: int = 2) -> None:
     tokens it sees; at 0.3 different selections give different tokens, so a test can tell them apart.
     """
     g = torch.Generator().manual_seed(seed)
-    inner = model.model if hasattr(model, "model") else model
-    parts = [inner.language_model, inner.multi_modal_projector, model.lm_head]
+    inner = model.model if hasattr(model, "model") else model  # transformers >= 4.52 nests the parts
+    parts = [inner.language_model, inner.multi_modal_projector, model.get_output_embeddings()]
     with torch.no_grad():
         for part in parts:
             for p in part.parameters():

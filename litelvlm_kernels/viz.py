@@ -3,14 +3,23 @@
 Each of the M patch tokens is a cell of a ``rows x cols`` grid laid over the
 image (24 x 24 for CLIP ViT-L/14-336's 576 tokens; row-major, as CLIP orders
 patches). Kept tokens that came from the text-similarity set S are tinted
-orange, kept context tokens (recovered by [CLS] contribution) blue, and
-dropped cells are dimmed::
+magenta, kept context tokens (recovered by [CLS] contribution) cyan, each kept
+cell outlined in its colour at full opacity, and dropped cells are dimmed.
+Magenta and cyan are hues photographs rarely have, so the marks stay legible
+over red, green, blue, white, black and grey regions alike::
 
     import litelvlm_kernels as lk
     from litelvlm_kernels import viz
     out = lk.prune(hidden, text, q_cls, keys, values, num_retain=192)
     viz.save_kept_tokens("kept.png", image, out, grid=(24, 24))        # row 0; row=b for others
-    # or explicitly: viz.save_kept_tokens("kept.png", image, out.indices[0], out.from_similarity[0])
+    # or explicitly: viz.save_kept_tokens("kept.png", image, out.indices[0], out.from_similarity[0], grid=(24, 24))
+    # one view of an LVLM call ({"indices", "from_similarity", "grid"}):
+    viz.save_kept_tokens("view.png", image, **patch.last_report["image"]["views"][0][0])
+
+The grid is never guessed: pass ``grid=(rows, cols)`` (or an int for a
+square), or ``num_tokens=M`` for a square grid of M cells; a result object with
+a ``num_tokens`` attribute (HFPruneResult) supplies M itself. Plain index
+arrays and a ``PruneResult`` do not say M, so they need one of the two.
 
 ``image`` is what the tower saw (after CLIP's resize and centre crop):
 an [H, W, 3] or [3, H, W] array or tensor, uint8 or float in [0, 1] (an
@@ -24,13 +33,14 @@ caption). ``render`` (the RGB array) needs only numpy.
 
 CLI demo on a synthetic image (uses ``litelvlm_kernels.prune``)::
 
-    python -m litelvlm_kernels.viz --out demo.png [--retain 144] [--texts 2]
+    python -m litelvlm_kernels.viz --out demo.png [--retain 144] [--texts 2] [--grid 24 24]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -38,8 +48,12 @@ import numpy as np
 __all__ = ["SIMILARITY_COLOR", "CONTEXT_COLOR", "CAPTION_PX", "token_states", "render", "save_png",
            "save_kept_tokens", "demo", "main"]
 
-SIMILARITY_COLOR = (255, 140, 0)   # orange: kept by text similarity (the set S)
-CONTEXT_COLOR = (30, 144, 255)     # blue: kept by [CLS] contribution (context recovery)
+# Not orange / blue: those are common image hues (orange vanished over red). Magenta and cyan are far in RGB
+# from every primary, white, black and grey, and differ in lightness too, so they stay apart under red-green
+# colour blindness.
+SIMILARITY_COLOR = (255, 0, 255)   # magenta: kept by text similarity (the set S)
+CONTEXT_COLOR = (0, 255, 255)      # cyan: kept by [CLS] contribution (context recovery)
+_COLOR_NAMES = {"similarity": "magenta", "context": "cyan"}
 CAPTION_PX = 28                    # height of the caption strip
 
 DROPPED, CONTEXT, SIMILARITY = 0, 1, 2
@@ -70,18 +84,39 @@ def _one_row(indices, from_similarity, row: int):
     return idx, fs
 
 
-def token_states(indices, from_similarity=None, num_tokens: int = 576, *, row: int = 0) -> np.ndarray:
+def _known_num_tokens(indices, num_tokens: Optional[int]) -> Optional[int]:
+    """M from ``num_tokens=``, else from a result's ``num_tokens`` attribute (HFPruneResult), else None."""
+    if num_tokens is None:
+        num_tokens = getattr(indices, "num_tokens", None)
+    if num_tokens is None:
+        return None
+    if not isinstance(num_tokens, numbers.Integral) or num_tokens <= 0:
+        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+    return int(num_tokens)
+
+
+def _unknown_grid_error() -> ValueError:
+    # A silent 24 x 24 default put a 64-token result into the top 3 rows: refuse to guess instead.
+    return ValueError("grid: the number of tokens M is unknown (plain indices and PruneResult do not carry it); "
+                      "pass grid=(rows, cols) or num_tokens=M")
+
+
+def token_states(indices, from_similarity=None, num_tokens: Optional[int] = None, *, row: int = 0) -> np.ndarray:
     """[num_tokens] int8: 0 dropped, 1 kept context token, 2 kept similarity token.
 
     indices: kept token indices, [R] or [B, R] (then row ``row`` is drawn), or a
     PruneResult / HFPruneResult (its indices and from_similarity); from_similarity:
-    the matching bool (None: every kept token counts as context).
+    the matching bool (None: every kept token counts as context); num_tokens: M
+    (None: the result's ``num_tokens``; a ValueError if it has none).
     """
+    M = _known_num_tokens(indices, num_tokens)
+    if M is None:
+        raise _unknown_grid_error()
     indices, from_similarity = _one_row(indices, from_similarity, row)
     idx = indices.reshape(-1).astype(np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= num_tokens):
-        raise ValueError(f"indices must lie in [0, {num_tokens}), got values in [{idx.min()}, {idx.max()}]")
-    states = np.zeros(num_tokens, dtype=np.int8)
+    if idx.size and (idx.min() < 0 or idx.max() >= M):
+        raise ValueError(f"indices must lie in [0, {M}), got values in [{idx.min()}, {idx.max()}]")
+    states = np.zeros(M, dtype=np.int8)
     if from_similarity is None:
         states[idx] = CONTEXT
     else:
@@ -92,19 +127,33 @@ def token_states(indices, from_similarity=None, num_tokens: int = 576, *, row: i
     return states
 
 
-def _grid(grid, num_tokens: Optional[int]) -> Tuple[int, int]:
-    if grid is None:
-        n = 576 if num_tokens is None else num_tokens
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"grid: {n} tokens are not a square; pass grid=(rows, cols)")
-        return side, side
-    if isinstance(grid, int):
-        return grid, grid
-    rows, cols = (int(g) for g in grid)
+def _parse_grid(grid) -> Tuple[int, int]:
+    if isinstance(grid, numbers.Integral):
+        rows = cols = int(grid)
+    else:
+        try:
+            rows, cols = (int(g) for g in grid)
+        except (TypeError, ValueError):
+            raise ValueError(f"grid must be (rows, cols) or an int, got {grid!r}") from None
     if rows <= 0 or cols <= 0:
         raise ValueError(f"grid must be positive (rows, cols), got {grid}")
     return rows, cols
+
+
+def _grid(grid, num_tokens: Optional[int], indices=None) -> Tuple[int, int]:
+    """(rows, cols): ``grid`` if given (checked against M when M is known), else the square of M tokens."""
+    M = _known_num_tokens(indices, num_tokens)
+    if grid is not None:
+        rows, cols = _parse_grid(grid)
+        if M is not None and rows * cols != M:
+            raise ValueError(f"grid {rows}x{cols} has {rows * cols} cells but there are num_tokens={M} tokens")
+        return rows, cols
+    if M is None:
+        raise _unknown_grid_error()
+    side = math.isqrt(M)
+    if side * side != M:
+        raise ValueError(f"grid: {M} tokens are not a square; pass grid=(rows, cols)")
+    return side, side
 
 
 def _as_rgb_float(image, rows: int, cols: int) -> np.ndarray:
@@ -131,15 +180,39 @@ def _as_rgb_float(image, rows: int, cols: int) -> np.ndarray:
     return img
 
 
+def _cell_of_pixel(n_px: int, n_cells: int) -> np.ndarray:
+    """[n_px] cell index of each pixel along one axis: the grid is stretched over the image."""
+    return np.minimum((np.arange(n_px) * n_cells) // n_px, n_cells - 1)
+
+
+def _first_px_of_cell(cell: np.ndarray) -> np.ndarray:
+    """[n_px] bool: the pixel starts a cell other than the first (where a grid line goes)."""
+    first = np.zeros(cell.size, dtype=bool)
+    first[1:] = cell[1:] != cell[:-1]
+    return first
+
+
+def _px_to_cell_edge(cell: np.ndarray) -> np.ndarray:
+    """[n_px] distance of each pixel to the nearer edge of its cell (0 on the first and last pixel)."""
+    first = np.searchsorted(cell, cell, side="left")
+    last = np.searchsorted(cell, cell, side="right") - 1
+    pos = np.arange(cell.size)
+    return np.minimum(pos - first, last - pos)
+
+
 def render(image, indices, from_similarity=None, *, grid=None, num_tokens: Optional[int] = None, row: int = 0,
-           dim: float = 0.3, alpha: float = 0.45, scale: int = 1, grid_lines: bool = True) -> np.ndarray:
+           dim: float = 0.3, alpha: float = 0.45, border: Optional[int] = None, scale: int = 1,
+           grid_lines: bool = True) -> np.ndarray:
     """The overlay as an [H * scale, W * scale, 3] uint8 array.
 
     Dropped cells: the image times ``dim``. Kept cells: the image blended with
-    their colour (``alpha`` of the colour). ``grid``: (rows, cols), an int for a
-    square grid, or None for a square of ``num_tokens`` (default 576: 24 x 24).
+    their colour (``alpha`` of the colour) and outlined in it, ``border`` pixels
+    wide at full opacity (None: a seventh of the smaller cell side, at least 1;
+    0: no outline). ``grid``: (rows, cols) or an int for a square grid; None
+    takes a square of ``num_tokens`` (or of the result's ``num_tokens``) and is
+    an error when neither is known.
     """
-    rows, cols = _grid(grid, num_tokens)
+    rows, cols = _grid(grid, num_tokens, indices)
     states = token_states(indices, from_similarity, rows * cols, row=row).reshape(rows, cols)
     img = _as_rgb_float(image, rows, cols)
     if scale > 1:
@@ -147,21 +220,20 @@ def render(image, indices, from_similarity=None, *, grid=None, num_tokens: Optio
     H, W, _ = img.shape
     if H < rows or W < cols:
         raise ValueError(f"image {H}x{W} is smaller than the {rows}x{cols} grid; pass scale=")
-    # Cell of every pixel: the grid is stretched over the image (cells need not be square).
-    cell_r = np.minimum((np.arange(H) * rows) // H, rows - 1)
-    cell_c = np.minimum((np.arange(W) * cols) // W, cols - 1)
+    cell_r, cell_c = _cell_of_pixel(H, rows), _cell_of_pixel(W, cols)
     st = states[cell_r[:, None], cell_c[None, :]]  # [H, W]
     colours = np.array([[0, 0, 0], CONTEXT_COLOR, SIMILARITY_COLOR], dtype=np.float64) / 255.0
     tint = colours[st]
     kept = (st != DROPPED)[:, :, None]
     out = np.where(kept, (1 - alpha) * img + alpha * tint, dim * img)
-    if grid_lines:
-        edge_r = np.zeros(H, dtype=bool)
-        edge_r[1:] = cell_r[1:] != cell_r[:-1]
-        edge_c = np.zeros(W, dtype=bool)
-        edge_c[1:] = cell_c[1:] != cell_c[:-1]
-        edges = edge_r[:, None] | edge_c[None, :]
-        out = np.where(edges[:, :, None], 0.85 * out, out)
+    if grid_lines:  # darken the first pixel row / column of every cell but the first
+        lines = _first_px_of_cell(cell_r)[:, None] | _first_px_of_cell(cell_c)[None, :]
+        out = np.where(lines[:, :, None], 0.85 * out, out)
+    if border is None:
+        border = max(1, min(H // rows, W // cols) // 7)  # 2 px on CLIP's 14 px cells
+    if border > 0:  # full-opacity outline: the category reads even where the tinted image is close to its colour
+        rim = (_px_to_cell_edge(cell_r) < border)[:, None] | (_px_to_cell_edge(cell_c) < border)[None, :]
+        out = np.where(kept & rim[:, :, None], tint, out)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -200,19 +272,27 @@ def save_png(path, rgb: np.ndarray, *, caption: Optional[str] = None) -> str:
     return path
 
 
+def _legend(states: np.ndarray) -> str:
+    return (f"{int((states == SIMILARITY).sum())} similarity ({_COLOR_NAMES['similarity']}), "
+            f"{int((states == CONTEXT).sum())} context ({_COLOR_NAMES['context']}), "
+            f"{int((states == DROPPED).sum())} dropped")
+
+
 def save_kept_tokens(path, image, indices, from_similarity=None, *, grid=None, num_tokens: Optional[int] = None,
                      row: int = 0, caption: Union[bool, str] = False, **render_kwargs) -> str:
     """Render (see ``render``) and write a PNG. ``caption=True`` adds a legend line
     (counts of similarity / context / dropped tokens and their colours); a string
-    is used as the caption instead. Returns the path."""
+    is used as the caption instead. Returns the path.
+
+    The keywords match one view of an LVLM call's report, so
+    ``save_kept_tokens(path, image, **view)`` draws a view
+    ``{"indices": [k], "from_similarity": [k], "grid": (rows, cols)}``."""
     rgb = render(image, indices, from_similarity, grid=grid, num_tokens=num_tokens, row=row, **render_kwargs)
     text = None
     if caption:
-        rows, cols = _grid(grid, num_tokens)
-        st = token_states(indices, from_similarity, rows * cols, row=row)
-        text = caption if isinstance(caption, str) else (
-            f"{int((st == SIMILARITY).sum())} similarity (orange), {int((st == CONTEXT).sum())} context (blue), "
-            f"{int((st == DROPPED).sum())} dropped")
+        rows, cols = _grid(grid, num_tokens, indices)
+        text = caption if isinstance(caption, str) else _legend(
+            token_states(indices, from_similarity, rows * cols, row=row))
     return save_png(path, rgb, caption=text)
 
 
@@ -275,22 +355,42 @@ def demo(out: str = "litelvlm_viz_demo.png", *, retain: int = 144, texts: int = 
     return path, res
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad values as usage errors (exit 2, one line), not tracebacks from deep inside prune or render."""
+    rows, cols = args.grid
+    if rows <= 0 or cols <= 0:
+        p.error(f"--grid must be two positive ints, got {rows} {cols}")
+    if not 1 <= args.retain <= rows * cols:
+        p.error(f"--retain must be in 1..{rows * cols} (rows x cols), got {args.retain}")
+    if not 0 <= args.texts <= args.retain:  # 0: context recovery only; more texts than tokens leaves some none
+        p.error(f"--texts must be in 0..{args.retain} (--retain), got {args.texts}")
+    if args.size < max(rows, cols):
+        p.error(f"--size must be at least the grid's larger side ({max(rows, cols)} px), got {args.size}")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m litelvlm_kernels.viz",
                                 description="Render LiteLVLM's kept tokens over a synthetic image to a PNG.")
     p.add_argument("--out", default="litelvlm_viz_demo.png", help="PNG path")
-    p.add_argument("--retain", type=int, default=144, help="tokens kept (of rows x cols)")
-    p.add_argument("--texts", type=int, default=2, help="referring expressions")
+    p.add_argument("--retain", type=int, default=144, help="tokens kept (1..rows x cols)")
+    p.add_argument("--texts", type=int, default=2, help="referring expressions (0: context tokens only)")
     p.add_argument("--grid", type=int, nargs=2, default=(24, 24), metavar=("ROWS", "COLS"))
-    p.add_argument("--size", type=int, default=336, help="image side in pixels")
+    p.add_argument("--size", type=int, default=336, help="image side in pixels (at least the grid's larger side)")
     p.add_argument("--order", default="official", choices=["official", "spatial"])
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
+    _check_args(p, args)
     path, res = demo(args.out, retain=args.retain, texts=args.texts, grid=tuple(args.grid), size=args.size,
                      order=args.order, seed=args.seed)
     n_sim = int(res.num_similarity[0])
     print(f"wrote {path}: {res.indices.shape[1]} of {args.grid[0] * args.grid[1]} tokens kept "
-          f"({n_sim} similarity in orange, {res.indices.shape[1] - n_sim} context in blue, dropped dimmed)")
+          f"({n_sim} similarity in {_COLOR_NAMES['similarity']}, {res.indices.shape[1] - n_sim} context in "
+          f"{_COLOR_NAMES['context']}, dropped dimmed)")
     return 0
 
 

@@ -367,7 +367,7 @@ def test_clip_model_and_plain_vision_model(models, tokenizer):
 
         # LLaVA's tower is a CLIPVisionModel: no projection, so it must be given
         plain = transformers.CLIPVisionModel(vc).eval()
-        plain.load_state_dict(clip.vision_model.state_dict(), strict=False)
+        hf.vision_tower(plain).load_state_dict(hf.vision_tower(clip).state_dict())  # 4.x nests it one level down
         with pytest.raises(ValueError, match="visual_projection"):
             hf.LiteLVLMPruner(plain, clip, tokenizer)
         p2 = hf.LiteLVLMPruner(plain, clip, tokenizer, visual_projection=clip.visual_projection)

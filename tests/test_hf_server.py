@@ -275,7 +275,7 @@ def test_deepcopy_is_patched_on_its_own_weights(model, batch):
         twin = copy.deepcopy(model)
         assert twin._litelvlm_patch is not patch and twin._litelvlm_patch.model is twin
         assert torch.equal(twin(**batch, referring_expressions=EXPRS).logits, want)
-        twin.lm_head.weight.mul_(2)
+        twin.get_output_embeddings().weight.mul_(2)
         vision_tower(lm.inner(twin).vision_tower).encoder.layers[0].mlp.fc1.weight.mul_(-1)
         changed = twin(**batch, referring_expressions=EXPRS).logits
         assert torch.equal(model(**batch, referring_expressions=EXPRS).logits, want)  # the original is untouched

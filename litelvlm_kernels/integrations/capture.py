@@ -149,7 +149,10 @@ def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *,
     layers = tower.encoder.layers
     L = len(layers)
     idx = normalise_layer(select_layer, L)
-    h = tower.pre_layrnorm(tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
+    # transformers < 4.47 embeddings take no interpolate_pos_encoding: pass it only when asked for
+    embedded = (tower.embeddings(pixel_values, interpolate_pos_encoding=True) if interpolate_pos_encoding
+                else tower.embeddings(pixel_values))
+    h = tower.pre_layrnorm(embedded)
     selected = h if idx == 0 else None
     for i in range(L - 1):
         h = run_layer(layers[i], h)

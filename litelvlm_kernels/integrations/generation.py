@@ -181,16 +181,28 @@ def cached_length(cache) -> int:
         return 0
 
 
+def _carrier(cache):
+    """The object that carries a cache's record: a Cache object itself; for a legacy tuple cache (what
+    transformers 4.4x return), its first key tensor (tensors take attributes and deepcopy keeps them)."""
+    if cache is None or hasattr(cache, "get_seq_length"):
+        return cache
+    try:
+        return cache[0][0]
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
 def tag(cache, record: PrefixRecord) -> None:
-    if cache is not None:
+    carrier = _carrier(cache)
+    if carrier is not None:
         try:
-            setattr(cache, _RECORD_ATTR, record)
-        except (AttributeError, TypeError):  # a tuple cache cannot carry it: a later turn is then refused
+            setattr(carrier, _RECORD_ATTR, record)
+        except (AttributeError, TypeError):  # cannot carry it: a later turn with this cache is then refused
             pass
 
 
 def record_of(cache) -> PrefixRecord | None:
-    return getattr(cache, _RECORD_ATTR, None)
+    return getattr(_carrier(cache), _RECORD_ATTR, None)
 
 
 def expressions_key(expressions) -> tuple:

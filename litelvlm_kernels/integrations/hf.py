@@ -4,11 +4,12 @@ The adapter is split by concern (one module per job, one file per model family):
 
 =====================  =======================================================
 ``_towers``            where a CLIP model keeps its vision / text tower
-``capture``            one hooked vision forward -> ``VisionCapture``
+``capture``            one vision forward run by hand (no hooks) -> ``VisionCapture``
 ``text``               [EOS] embeddings, grouping per image, the folded-text cache
 ``pruner``             ``LiteLVLMPruner``: tower + texts -> kept tokens
 ``lvlm``               the model-agnostic part of patching a whole LVLM (enable / disable)
-``inputs``             shrinking placeholder runs, re-padding, merging the kept features
+``inputs``             input checks, shrinking placeholder runs, re-padding, merging the kept features
+``generation``         generate() with the caller's meaning: lengths, id-reading callables, caches
 ``views``              selection over tiles / frames with the public ops
 ``llava`` ...          one file per LVLM family (see docs/CONTRIBUTING.md)
 ``metrics``            tokens, FLOPs, KV bytes, time before / after on given inputs

@@ -3,7 +3,7 @@
 Each image keeps R' = min(num_retain, M) of its M patch tokens, chosen by
 ``litelvlm_kernels.prune`` (the fused op) from the select-layer states, the
 prompt's referring expressions and the last layer's [CLS] query / keys /
-values, all captured in one hooked vision forward. The kept select-layer
+values, all captured in one vision forward (``capture.py``, no hooks). The kept select-layer
 states go through the model's own projector (only R' rows are projected),
 and ``order`` decides their order in the sequence ("official": similarity set
 after the context tokens, as the public release; "spatial": raster order).

@@ -112,7 +112,7 @@ class LiteLVLMSettings:
 
 @dataclasses.dataclass
 class Modality:
-    """One kind of visual input of a family: its pixels argument, placeholder id and the family's two hooks."""
+    """One kind of visual input of a family: its pixels argument, placeholder id and the family's two functions."""
 
     pixel_key: str
     token_id: int
