@@ -83,3 +83,25 @@ def embed_merge(model, ids, token_id, feats):
     emb = model.get_input_embeddings()(ids)
     where = (ids == token_id).unsqueeze(-1).expand_as(emb)
     return emb.masked_scatter(where, feats.to(emb.dtype))
+
+
+EXPRS = [["the cat"], ["a red car", "the man on the left"]]  # LLaVA batch: row 0 has one image, row 1 two
+
+
+def llava_batch(seed: int = 3) -> dict:
+    """2 prompts (left padded), 3 LLaVA-1.5 images: row 0 has one, row 1 two; stock placeholder counts."""
+    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, tl.M)] * 3)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels(3, 3, tl.IMAGE, tl.IMAGE, seed=seed))
+
+
+def enable(model, **settings):
+    """enable_litelvlm with the tiny CLIP's text tower and tokenizer."""
+    from litelvlm_kernels.integrations.lvlm import enable_litelvlm
+
+    return enable_litelvlm(model, clip(), tokenizer(), **settings)
+
+
+def greedy(model, inputs, **kw):
+    """Greedy generate, 4 new tokens unless told otherwise."""
+    kw.setdefault("max_new_tokens", 4)
+    return model.generate(**inputs, do_sample=False, **kw)

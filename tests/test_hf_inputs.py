@@ -41,8 +41,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch():
-    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, M)] * 3)
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=lm.pixels(3, 3, tl.IMAGE, tl.IMAGE))
+    return lm.llava_batch()
 
 
 def word_tokenizer(n_words: int, eos: str = "</s>"):

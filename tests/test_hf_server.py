@@ -22,7 +22,6 @@ import transformers  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
 
 from litelvlm_kernels.integrations.hf import LiteLVLMPruner, vision_tower  # noqa: E402
-from litelvlm_kernels.integrations.lvlm import enable_litelvlm  # noqa: E402
 
 M = tl.M
 R = 8
@@ -37,18 +36,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch():
-    """2 prompts (left padded), 3 images: row 0 has one, row 1 two."""
-    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, M)] * 3)
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=lm.pixels(3, 3, tl.IMAGE, tl.IMAGE))
+    return lm.llava_batch()
 
 
-def enable(model, **kw):
-    return enable_litelvlm(model, lm.clip(), lm.tokenizer(), **kw)
-
-
-def greedy(model, inputs, **kw):
-    kw.setdefault("max_new_tokens", 4)
-    return model.generate(**inputs, do_sample=False, **kw)
+enable, greedy = lm.enable, lm.greedy
 
 
 def run_in_threads(fn, jobs: list, threads: int = 2) -> list:

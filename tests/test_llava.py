@@ -19,7 +19,7 @@ import _lvlm_models as lm  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
-from litelvlm_kernels.integrations.lvlm import disable_litelvlm, enable_litelvlm  # noqa: E402
+from litelvlm_kernels.integrations.lvlm import disable_litelvlm  # noqa: E402
 
 M = tl.M
 EXPRS = [["the cat"], ["a red car", "the man on the left"]]  # row 0: one image, row 1: two images
@@ -32,17 +32,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch():
-    """2 prompts (left padded), 3 images: row 0 has one, row 1 two."""
-    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, M)] * 3)
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=lm.pixels(3, 3, tl.IMAGE, tl.IMAGE))
+    return lm.llava_batch()
 
 
-def enable(model, **kw):
-    return enable_litelvlm(model, lm.clip(), lm.tokenizer(), **kw)
-
-
-def greedy(model, inputs, **kw):
-    return model.generate(**inputs, max_new_tokens=4, do_sample=False, **kw)
+enable, greedy = lm.enable, lm.greedy
 
 
 def test_keep_all_in_raster_order_equals_stock(model, batch):

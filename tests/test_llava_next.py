@@ -19,7 +19,6 @@ import _lvlm_models as lm  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
-from litelvlm_kernels.integrations.lvlm import enable_litelvlm  # noqa: E402
 
 M = tl.M
 SIZES = torch.tensor([[50, 120], [100, 90], [128, 40]])  # (H, W): wide 1 x 2, 2 x 2, tall 2 x 1 tiles
@@ -27,12 +26,7 @@ EXPRS = [["the cat"], ["a red car", "the man on the left"]]
 PER_IMAGE = [EXPRS[0], EXPRS[1], EXPRS[1]]
 
 
-def enable(model, **kw):
-    return enable_litelvlm(model, lm.clip(), lm.tokenizer(), **kw)
-
-
-def greedy(model, inputs, **kw):
-    return model.generate(**inputs, max_new_tokens=4, do_sample=False, **kw)
+enable, greedy = lm.enable, lm.greedy
 
 
 @pytest.fixture(scope="module")
