@@ -100,17 +100,27 @@ def text_tile(T: int) -> int:
     return min(4, next_pow2(max(T, 1)))
 
 
-# BLOCK_F, the finaliser's row chunk, takes one of three values so that the number of
-# compiled variants stays bounded: a row of M <= BLOCK_F tokens stays on registers
-# (SINGLE); longer rows (M > 4096) stream 4096-token chunks.
+# BLOCK_F, the finaliser's row chunk, takes one of four values so that the number of
+# compiled variants stays bounded: a row of M <= 4096 tokens stays on registers in the
+# smallest of FINALISER_BLOCKS that holds it (SINGLE); longer rows stream CHUNK_F-token
+# chunks (the chunked finaliser).
 FINALISER_BLOCKS = (256, 1024, 4096)
+# 2048, not 4096: with 4096-token chunks (16 keys per thread and chunk at 8 warps) triton
+# 3.6's ptxas (the GPU machines') capped fused_select at 128 registers and spilled 48-68
+# bytes in every chunked variant, mostly in the last output loop (a scan of 4096 flags with
+# 16 positions and addresses per thread live); 3.9's did not. With 2048: no spill under
+# either, 103-128 registers, so phase 1 keeps two 8-warp programs per SM (maxnreg = 255
+# instead also removed the spill but took 226-247 registers: one program per SM for every
+# program of the grid). Only the chunks' number changes: keys, votes and positions are
+# integers (same results); the softmax sum is added up in other lanes (c may move by an ulp).
+CHUNK_F = 2048
 
 
 def finaliser_block(M: int) -> int:
     for f in FINALISER_BLOCKS:
         if M <= f:
             return f
-    return FINALISER_BLOCKS[-1]
+    return CHUNK_F
 
 
 def text_group(TB: int, block_f: int) -> int:
@@ -118,9 +128,11 @@ def text_group(TB: int, block_f: int) -> int:
     Two: triton's warp-ballot histogram costs about 77 instructions per element slot at
     256 bins and 136 at 512, so two texts in one pass cost 1.8x the instructions of two
     separate passes but halve the sequential passes; wider groups grow faster (G = 4:
-    ~260 per slot). One for BLOCK_F = 4096: a [2, 4096] key tile took 255 registers and
-    spilled 120 bytes with triton 3.6 (M = 2880, T = 16)."""
-    return 1 if block_f >= 4096 else min(TB, 2)
+    ~260 per slot). One from BLOCK_F = 2048 (the 4096-token single chunk and the chunked
+    finaliser): a [2, 4096] key tile took 255 registers and spilled 120 bytes with triton
+    3.6 (M = 2880, T = 16); chunked with [2, 2048] tiles, fused_select took 181-186
+    registers and an 8-byte stack frame with triton 3.6 (M = 16384)."""
+    return 1 if block_f >= CHUNK_F else min(TB, 2)
 
 
 def derive_finaliser_blocks(blocks: dict, M: int, TB: int) -> dict:

@@ -3,8 +3,9 @@
 A variant is a set of meta-parameters (block sizes, flags) plus triton's specialisation of
 dtypes, widths and strides; sizes that change per request (M, T, R', k_per_text,
 min_votes) are not specialised, so a new size class costs a compile (~2 s) only when it
-changes a block size: BLOCK_M (16 or 32), TB (next_pow2(T) <= 16), BLOCK_F (256, 1024 or
-4096 / chunked). ``warmup`` launches one representative of each class on zero inputs.
+changes a block size: BLOCK_M (16 or 32), TB (next_pow2(T) <= 4), BLOCK_F (256, 1024 or
+4096 on registers; 2048-token chunks above 4096). ``warmup`` launches one representative of
+each class on zero inputs.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ key and compiled in ``--jobs`` worker processes, each variant in a fresh triton 
 that ptxas runs and its log ("bytes spill stores") is read.
 
 Figures are cached in ``$LITELVLM_AOT_CACHE`` (default ~/.cache/litelvlm/aot.json) under a
-hash of triton's version, the kernel's source with everything it calls
+hash of triton's and ptxas's versions, the kernel's source with everything it calls
 (``JITFunction.cache_key``), the specialisation, the options and the target: a rerun on
 unchanged code reads them back (each came from a real ptxas run); ``--no-cache`` forces
 every compile.
@@ -24,6 +24,17 @@ One line per compiled variant: kernel, meta-parameters, registers, stack bytes
 (``cuobjdump -res-usage``), ptxas spill stores / loads, SASS instruction count, and the
 (B, M, T, dtype) launches that map to it. Exit status 1 when a variant fails to compile,
 or has STACK > 0 or spill stores > 0.
+
+Under a second triton version (the GPU machines' 3.6 while this environment has 3.9),
+run it with that venv's python; it needs no install of this package there (``_package``
+loads the repository's triton_ops/ by itself) and runs unchanged under 3.6 and 3.9:
+
+    python3 -m venv /tmp/tri36venv
+    /tmp/tri36venv/bin/pip install torch==2.13.0 "triton==3.6.*" "numpy<2.3"
+    /tmp/tri36venv/bin/python tests/triton/aot_compile.py
+
+The versions' figures never mix in the cache (both versions are in the key);
+docs/triton.md states both versions' results.
 """
 
 import argparse
@@ -31,6 +42,7 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -49,6 +61,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 PKG = os.environ.get("LITELVLM_AOT_PACKAGE", "litelvlm_kernels.triton_ops")  # another copy, for experiments
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BS = (1, 8, 64)
 MS = (49, 576, 577, 2880, 16384)
 TS = (0, 1, 2, 16)
@@ -56,6 +69,37 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DV = D = 1024  # CLIP ViT-L/14 widths (any multiple of 16 >= 128 specialises the same way)
 R = 192
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+def _package():
+    """The kernels' package, PKG. Installed (pip install -e .), it is imported as usual.
+    Where it is not (a scratch venv with another triton, docs/triton.md "A second triton
+    version"), or where the package around it does not import there (its compiled _C
+    extension), the repository's triton_ops/ is loaded as PKG by itself: it needs only
+    torch and triton, not litelvlm_kernels or _C."""
+    if PKG in sys.modules:
+        return sys.modules[PKG]
+    try:
+        return importlib.import_module(PKG)
+    except (ImportError, OSError) as e:  # not installed here, or its _C does not load here
+        if PKG != "litelvlm_kernels.triton_ops":
+            raise
+        err = e
+    root = os.path.join(REPO, "triton_ops")
+    if not os.path.exists(os.path.join(root, "__init__.py")):
+        raise err
+    spec = importlib.util.spec_from_file_location(PKG, os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PKG] = mod  # before running it: its relative imports look the package up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _kernel(mod, kname):
+    """The @triton.jit function kname of PKG's module mod."""
+    _package()
+    return getattr(importlib.import_module(f"{PKG}.{mod}"), kname)
 
 
 class _Recorded(Exception):
@@ -82,7 +126,7 @@ def _record(kernel, launch):
 
 def _launches(quick):
     """(label, module, kernel name, launch thunk) for every launch of the grid."""
-    tops = importlib.import_module(PKG)
+    tops = _package()
 
     meta = dict(device="meta")
     bs, ms, ts, dts = ((1, 64), (576, 16384), (2,), ("fp16",)) if quick else (BS, MS, TS, tuple(DTYPES))
@@ -132,6 +176,18 @@ def _specialise(fn, args, kwargs, backend):
     return key, (signature, cx, at, options.__dict__), consts
 
 
+def _toolchain():
+    """(triton version, ptxas version) in the figure cache's key: figures of one triton (or
+    of a ptxas swapped in with TRITON_PTXAS_PATH) are never read back under another."""
+    try:
+        from triton import knobs
+
+        ptxas = knobs.nvidia.ptxas.version
+    except Exception:  # a triton without knobs.nvidia.ptxas: the bundled one's banner
+        ptxas = (_tool("ptxas", "--version").strip().splitlines() or ["?"])[-1]
+    return triton.__version__, ptxas
+
+
 def _tool(name, *args):
     return subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True).stdout
 
@@ -139,7 +195,7 @@ def _tool(name, *args):
 def _compile(task):
     """Worker: compile one variant in a fresh cache; return its resource figures."""
     mod, kname, (signature, constexprs, attrs, options), sm = task
-    fn = getattr(importlib.import_module(f"{PKG}.{mod}"), kname)
+    fn = _kernel(mod, kname)
     from triton import knobs
 
     knobs.nvidia.dump_ptxas_log = True
@@ -176,22 +232,23 @@ def main(argv=None) -> int:
     for label, mod, kname, launch in _launches(a.quick):
         if a.match and not re.search(a.match, f"{kname} {label}"):
             continue
-        fn = getattr(importlib.import_module(f"{PKG}.{mod}"), kname)
+        fn = _kernel(mod, kname)
         call = _record(fn, launch)
         if call is None:  # no launch (empty shapes)
             continue
         key, cargs, consts = _specialise(fn, *call, backend)
         variants.setdefault(key, [mod, kname, cargs, consts, call[1].get("num_warps"), []])[5].append(label)
+    tools = _toolchain()
     print(f"{len(variants)} distinct variants (by triton's specialisation key) for sm_{a.sm}, "
-          f"triton {triton.__version__}, {a.jobs} jobs", flush=True)
+          f"triton {triton.__version__} (ptxas {tools[1]}), {a.jobs} jobs", flush=True)
     cache_path = os.environ.get("LITELVLM_AOT_CACHE", os.path.expanduser("~/.cache/litelvlm/aot.json"))
     cache = {} if a.no_cache else _load(cache_path)
     failed = bad = 0
     todo = {}
     results = {}
     for key, v in variants.items():
-        fn = getattr(importlib.import_module(f"{PKG}.{v[0]}"), v[1])
-        h = hashlib.sha256(repr((triton.__version__, fn.cache_key, key, a.sm)).encode()).hexdigest()
+        fn = _kernel(v[0], v[1])
+        h = hashlib.sha256(repr((tools, fn.cache_key, key, a.sm)).encode()).hexdigest()
         if h in cache:
             results[key] = cache[h]
         else:

@@ -41,3 +41,15 @@ def test_finaliser_blocks_follow_block_f(block_f, m):
                     (ST.pick_blocks(m, 16, dict(BLOCK_F=block_f)), C.text_tile(16))):
         assert blk["G"] == C.text_group(tb, block_f) and blk["SINGLE"] == (m <= block_f), blk
     assert ST.pick_blocks(m, 16, dict(BLOCK_F=block_f, G=1))["G"] == 1
+
+
+@pytest.mark.parametrize("m,block_f,single", [(49, 256, True), (576, 1024, True), (2880, 4096, True),
+                                              (4096, 4096, True), (4097, 2048, False), (16384, 2048, False)])
+def test_long_rows_stream_2048_token_chunks(m, block_f, single):
+    """Rows up to 4096 tokens stay on registers; longer ones stream CHUNK_F = 2048-token chunks with one text per
+    pass (4096-token chunks spilled under triton 3.6's ptxas at M = 16384; docs/triton.md)."""
+    assert C.finaliser_block(m) == block_f
+    for blk in (FS.pick_blocks(B, m, 16, D, D), ST.pick_blocks(m, 16)):
+        assert blk["BLOCK_F"] == block_f and blk["SINGLE"] == single, blk
+        if not single:
+            assert blk["G"] == 1, blk
