@@ -40,8 +40,18 @@ def find_tower(model: torch.nn.Module, kind: str) -> torch.nn.Module:
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The module holding ``embeddings, pre_layrnorm, encoder, post_layernorm``."""
-    return find_tower(model, "vision")
+    """The module holding ``embeddings, pre_layrnorm, encoder, post_layernorm``.
+
+    Only CLIP towers are supported: the method reads [CLS] (row 0) and its last-layer query. A tower
+    of the same shape without a [CLS] token (SigLIP: no ``class_embedding``, no ``pre_layrnorm``; its
+    pooled embedding comes from an attention-pooling head) is refused by its class name rather than
+    having its first real patch silently taken for [CLS].
+    """
+    tower = find_tower(model, "vision")
+    if not (hasattr(tower, "pre_layrnorm") and hasattr(getattr(tower, "embeddings", None), "class_embedding")):
+        raise TypeError(f"vision_model: {type(tower).__name__} is not supported: its tower has no [CLS] token "
+                        "(LiteLVLM reads CLIP's [CLS]; supported: CLIP vision towers, e.g. CLIPVisionModel)")
+    return tower
 
 
 def text_tower(model: torch.nn.Module) -> torch.nn.Module:
