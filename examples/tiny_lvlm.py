@@ -53,13 +53,17 @@ def vision_config() -> dict:
                 intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, projection_dim=32)
 
 
-def tiny_clip(tokenizer, seed: int = 0):
-    """CLIPModel with a perturbed post-layernorm (random init gives gamma = 1, beta = 0)."""
+def tiny_clip(tokenizer, seed: int = 0, *, vision: dict | None = None, text_width: int = 48, text_heads: int = 4):
+    """CLIPModel with a perturbed post-layernorm (random init gives gamma = 1, beta = 0).
+
+    ``vision``: the vision config (default ``vision_config()``); the text tower is 2 layers of ``text_width``.
+    """
     torch.manual_seed(seed)
-    tc = dict(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, max_position_embeddings=16, eos_token_id=tokenizer.eos_token_id,
-              bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vc = {k: v for k, v in vision_config().items() if k != "model_type"}
+    tc = dict(vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width,
+              num_hidden_layers=2, num_attention_heads=text_heads, max_position_embeddings=16,
+              eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+              pad_token_id=tokenizer.pad_token_id)
+    vc = {k: v for k, v in (vision or vision_config()).items() if k not in ("model_type", "projection_dim")}
     clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=tc, vision_config=vc, projection_dim=32))
     with torch.no_grad():
         ln = clip.vision_model.post_layernorm

@@ -72,17 +72,8 @@ def llm_tokenizer():
 
 
 def tiny_clip(clip_tok, seed: int = 0) -> transformers.CLIPModel:
-    torch.manual_seed(seed)
-    tc = dict(vocab_size=len(clip_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-              num_attention_heads=2, max_position_embeddings=16, eos_token_id=clip_tok.eos_token_id,
-              bos_token_id=clip_tok.bos_token_id, pad_token_id=clip_tok.pad_token_id)
-    vc = {k: v for k, v in vision_config().items() if k != "projection_dim"}
-    clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=tc, vision_config=vc, projection_dim=32))
-    with torch.no_grad():  # random init gives gamma = 1, beta = 0: perturb, so the fold is exercised
-        ln = clip.vision_model.post_layernorm
-        ln.weight.add_(0.2 * torch.randn_like(ln.weight))
-        ln.bias.add_(0.2 * torch.randn_like(ln.bias))
-    return clip.eval()
+    """examples/tiny_lvlm.py's CLIP (perturbed post-layernorm) at 336 px / patch 14, text width 64 (head 32)."""
+    return tl.tiny_clip(clip_tok, seed, vision=vision_config(), text_width=64, text_heads=2)
 
 
 def tiny_llava(clip, llm_tok, seed: int = 1, llm_std: float = 0.3) -> transformers.LlavaForConditionalGeneration:
