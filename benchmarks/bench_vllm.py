@@ -10,7 +10,7 @@ of KV cache. ``--quick`` (~40 s): the tests' tiny tower (still 576 patches) and 
 
 One process, one engine at a time (in-process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
 ``distributed_executor_backend="uni"``, eager), all on the same random-weight checkpoint built offline
-with the tests' builders (``tests/vllm/tiny_llava.py``: tokenizers, processor, hub key layout; this
+with the tests' builders (``tests/vllm_plugin/tiny_llava.py``: tokenizers, processor, hub key layout; this
 file only swaps in larger shapes and random weights, cached under ``build/bench_vllm/``):
 
 - ``stock``: vLLM's own ``LlavaForConditionalGeneration`` on the checkpoint;

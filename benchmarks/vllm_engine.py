@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS_VLLM = ROOT / "tests" / "vllm"
+TESTS_VLLM = ROOT / "tests" / "vllm_plugin"
 CACHE_DIR = ROOT / "build" / "bench_vllm"
 ARCH = "LiteLVLMLlavaForConditionalGeneration"
 BUILDER_VERSION = 1  # bump when the weights or layout written below change (cached checkpoints are keyed on it)
@@ -63,7 +63,7 @@ EXPRESSIONS = ["the man on the left", "a red car", "the cat in the tree", "the d
 
 
 def have_vllm() -> bool:
-    """vLLM and the plugin import (tests/vllm, when on sys.path, is an empty namespace package "vllm")."""
+    """vLLM and the plugin import (the real package: a regular package with an __init__.py)."""
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.origin or not spec.origin.endswith("__init__.py"):
         return False
@@ -75,7 +75,7 @@ def have_vllm() -> bool:
 
 
 def tests_vllm():
-    """tests/vllm's builders: tiny_llava (checkpoints), _compare (request dicts), conftest (engine kwargs, close)."""
+    """tests/vllm_plugin's builders: tiny_llava (checkpoints), _compare (requests), conftest (engine kwargs, close)."""
     if str(TESTS_VLLM) not in sys.path:
         sys.path.insert(0, str(TESTS_VLLM))
     import _compare

