@@ -49,7 +49,8 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     """
     tower = find_tower(model, "vision")
     if not (hasattr(tower, "pre_layrnorm") and hasattr(getattr(tower, "embeddings", None), "class_embedding")):
-        raise TypeError(f"vision_model: {type(tower).__name__} is not supported: its tower has no [CLS] token "
+        # the class the caller passed (in transformers 4.x the tower is nested one level down, another class)
+        raise TypeError(f"vision_model: {type(model).__name__} is not supported: its tower has no [CLS] token "
                         "(LiteLVLM reads CLIP's [CLS]; supported: CLIP vision towers, e.g. CLIPVisionModel)")
     return tower
 
