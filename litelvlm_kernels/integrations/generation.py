@@ -114,7 +114,7 @@ class _StreamerOnCallerIds(BaseStreamer):
     def put(self, value):
         if self.first:
             self.first = False
-            value = self.view.prompt.cpu().repeat_interleave(value.shape[0] // self.view.prompt.shape[0], 0)
+            value = self.view(value)  # the shrunk prompt alone: the caller's prompt, once per row / beam
         self.inner.put(value)
 
     def end(self):
@@ -218,13 +218,13 @@ def continue_ids(record: PrefixRecord, ids: torch.Tensor, mask, placeholder_ids:
                  expressions, cache_key: str) -> tuple:
     """(ids, mask) on the shrunk prompt for a turn that reuses ``record``'s cache, or a named error."""
     B, Lc = record.caller_ids.shape
-    if ids.shape[0] != B or ids.shape[1] < Lc or not torch.equal(ids[:, :Lc].cpu(), record.caller_ids):
+    if ids.shape[0] != B or ids.shape[1] < Lc or not torch.equal(ids[:, :Lc], record.caller_ids.to(ids.device)):
         raise ValueError(f"{cache_key}: this cache holds the pruned prefill of another prompt; input_ids must start "
                          f"with that prompt ({B} x {Lc} tokens, as the earlier generate() returned them), or drop "
                          f"{cache_key} to prefill from scratch")
     if mask is None:
         mask = torch.ones_like(ids)
-    if not torch.equal(mask[:, :Lc].cpu().to(record.caller_mask.dtype), record.caller_mask):
+    if not torch.equal(mask[:, :Lc].to(record.caller_mask.dtype), record.caller_mask.to(mask.device)):
         raise ValueError(f"attention_mask: differs from the cached prompt's over its first {Lc} positions")
     tail = ids[:, Lc:]
     if any(bool((tail == t).any()) for t in placeholder_ids):

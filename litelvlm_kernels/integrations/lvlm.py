@@ -24,7 +24,6 @@ them, and weights and config are never touched.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib
 import inspect
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 
 from .._validate import min_votes_of
+from ._copy import deepcopy_fields
 from ._towers import config_get, model_part
 from .generation import (
     CallerIds,
@@ -200,25 +200,19 @@ class LiteLVLMPatch:
     def __deepcopy__(self, memo):
         """``copy.deepcopy(model)`` gives a model patched on its own weights: every module reference goes
         through ``memo`` (the copy's tower, projector, embeddings); the per-thread reports start empty."""
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for k, v in vars(self).items():
-            if k == "_local":
-                new._local = threading.local()
-            elif k in ("_forward_sig", "_generate_sig"):
-                setattr(new, k, v)  # immutable
-            else:
-                setattr(new, k, copy.deepcopy(v, memo))
-        return new
+        return deepcopy_fields(self, memo, keep=("_forward_sig", "_generate_sig"),  # signatures are immutable
+                               fresh={"_local": lambda _: threading.local()})
 
     def _modalities_present(self, kwargs) -> list:
         return [m for m in self.adapter.modalities() if kwargs.get(m.pixel_key) is not None]
 
     def _record(self, kwargs: dict, new: dict, expressions) -> PrefixRecord:
+        # references on the tensors' own device (no device-to-host copy per call); compared only when a later
+        # turn passes the cache back
         ids = kwargs["input_ids"]
         mask = kwargs.get("attention_mask")
         return PrefixRecord(
-            caller_ids=ids.detach().cpu(), caller_mask=(torch.ones_like(ids) if mask is None else mask).detach().cpu(),
+            caller_ids=ids.detach(), caller_mask=(torch.ones_like(ids) if mask is None else mask).detach(),
             shrunk_ids=new["input_ids"].detach(), shrunk_mask=new["attention_mask"].detach(),
             expressions=expressions_key(expressions),
             pixels={m.pixel_key: kwargs[m.pixel_key] for m in self._modalities_present(kwargs)})
@@ -249,11 +243,12 @@ class LiteLVLMPatch:
                 raise ValueError("inputs: given together with input_ids; pass the prompt once")
             kw["input_ids"] = inputs
         cache_key, cache = cache_of(kw)
-        record = record_of(cache) if cached_length(cache) > 0 else None
+        cached = cached_length(cache) > 0
+        record = record_of(cache) if cached else None
         present = self._modalities_present(kw)
         if not present and record is None:
             return self._orig_generate(**kw)  # no image in this call and no pruned prefix behind it: stock
-        if cached_length(cache) > 0 and record is None:
+        if cached and record is None:
             raise ValueError(f"{cache_key}: this cache was not filled by a LiteLVLM-pruned prefill, so it cannot "
                              f"be mapped onto a pruned prompt; drop {cache_key} (or pass the cache that the "
                              "enabled model's generate() returned)")
@@ -283,7 +278,7 @@ class LiteLVLMPatch:
         new.update(caller_view_kwargs(new, view))
         out = self._orig_generate(**new)
         tag(getattr(out, "past_key_values", None), record)
-        return _reexpand(out, caller_ids, shrunk_len)
+        return _reexpand(out, view)
 
     def disable(self) -> None:
         """Undo ``enable_litelvlm``: the model's own ``forward`` / ``generate`` again."""
@@ -330,14 +325,11 @@ def _patched_method(model, orig, name: str):
     return types.MethodType(method, model)
 
 
-def _reexpand(out, stock_ids: torch.Tensor, new_len: int):
+def _reexpand(out, view: CallerIds):
     """Generated sequences start with the shrunk prompt: put the caller's prompt back in front."""
-    seq = out if isinstance(out, torch.Tensor) else out.sequences
-    rep = seq.shape[0] // stock_ids.shape[0]
-    full = torch.cat([stock_ids.repeat_interleave(rep, 0).to(seq.device), seq[:, new_len:]], 1)
     if isinstance(out, torch.Tensor):
-        return full
-    out.sequences = full
+        return view(out)
+    out.sequences = view(out.sequences)
     return out
 
 

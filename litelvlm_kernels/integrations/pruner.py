@@ -12,7 +12,6 @@ tokenizer object), are used under locks.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ._copy import deepcopy_fields
 from ._towers import projection_weight, text_tower, vision_tower
 from .capture import VisionCapture, capture_vision, normalise_layer
 from .text import (
@@ -32,6 +32,7 @@ from .text import (
     group_counts,
     pad_groups,
     text_for_rows,
+    tokenize_texts,
     weights_key,
 )
 
@@ -143,18 +144,9 @@ class LiteLVLMPruner:
         The tokenizer is shared (it holds no weights), the locks are new and the cache starts empty (its
         entries are keyed by the original weights' identities and would never hit).
         """
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for k, v in vars(self).items():
-            if k == "tokenizer":
-                setattr(new, k, v)
-            elif k == "_tokenizer_lock":
-                setattr(new, k, threading.Lock())
-            elif k == "_cache":
-                setattr(new, k, FoldCache(v.size))
-            else:
-                setattr(new, k, copy.deepcopy(v, memo))
-        return new
+        return deepcopy_fields(self, memo, keep=("tokenizer",),
+                               fresh={"_tokenizer_lock": lambda _: threading.Lock(),
+                                      "_cache": lambda cache: FoldCache(cache.size)})
 
     @property
     def cache_size(self) -> int:
@@ -194,16 +186,11 @@ class LiteLVLMPruner:
         if self.tokenizer is None:
             raise ValueError("texts: strings need a tokenizer; pass tokenizer= or input_ids=")
         max_len = getattr(text_tower(self.text_model).config, "max_position_embeddings", None)
-        with self._tokenizer_lock:
-            if max_len is not None and not self._warned_truncation:
-                lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
-                longest = max(lengths, default=0)
-                if longest > max_len:
-                    self._warned_truncation = True  # once per pruner: a server would repeat it per request
-                    warnings.warn(f"texts: an expression of {longest} tokens is truncated to the text tower's "
-                                  f"{max_len} positions (this warning is shown once)", stacklevel=4)
-            enc = self.tokenizer(list(texts), padding=True, truncation=max_len is not None,
-                                 max_length=max_len, return_tensors="pt")
+        enc, longest = tokenize_texts(self.tokenizer, texts, max_len, self._tokenizer_lock)
+        if longest is not None and not self._warned_truncation:
+            self._warned_truncation = True  # once per pruner: a server would repeat it per request
+            warnings.warn(f"texts: an expression of {longest} tokens is truncated to the text tower's "
+                          f"{max_len} positions (this warning is shown once)", stacklevel=4)
         return enc["input_ids"], enc.get("attention_mask")
 
     def _encode(self, flat_texts, input_ids, attention_mask) -> torch.Tensor:

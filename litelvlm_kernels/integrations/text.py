@@ -160,6 +160,24 @@ def check_tokenizer(tokenizer, text_config) -> None:
                          "pass the CLIP tokenizer of the same checkpoint (not the LLM's)")
 
 
+def tokenize_texts(tokenizer, texts, max_len: int | None, lock, **kwargs) -> tuple:
+    """(encoding of ``texts`` padded to the longest and cut to ``max_len`` tokens, the longest length before the
+    cut or None when nothing was cut).
+
+    One tokenizer call unless a text is too long (then a second one with truncation). Under ``lock``: a fast
+    tokenizer called with padding / truncation changes its own settings, so calls from threads race.
+    ``kwargs`` go to the tokenizer (e.g. ``padding_side``).
+    """
+    texts = list(texts)
+    with lock:
+        enc = tokenizer(texts, padding=True, return_tensors="pt", **kwargs)
+        longest = enc["input_ids"].shape[1]
+        if max_len is None or longest <= max_len:
+            return enc, None
+        return tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
+                         **kwargs), longest
+
+
 def pad_groups(flat: torch.Tensor, counts: list) -> torch.Tensor:
     """[N, P] -> [G, max(counts), P], zero padding after each group's texts."""
     G, T = len(counts), max(counts)

@@ -42,6 +42,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
+from ...integrations.text import tokenize_texts
 from . import clip_checkpoint
 from .settings import (
     CONFIG_KEY,
@@ -100,10 +101,7 @@ class LiteLVLMLlavaProcessingInfo(LlavaProcessingInfo):
             return torch.zeros(1, 1, dtype=torch.int64)
         max_len = getattr(clip_checkpoint.clip_config(self.settings().clip).text_config, "max_position_embeddings",
                           None)
-        tok = self.clip_tokenizer()
-        with _TOKENIZER_LOCK:
-            enc = tok(list(expressions), padding=True, truncation=max_len is not None, max_length=max_len,
-                      padding_side="right", return_tensors="pt")
+        enc, _ = tokenize_texts(self.clip_tokenizer(), expressions, max_len, _TOKENIZER_LOCK, padding_side="right")
         return enc["input_ids"].to(torch.int64)
 
 
