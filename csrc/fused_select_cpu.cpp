@@ -12,6 +12,7 @@
 // The inputs (7 MB per ViT-L/14-336 image in fp32) are read once; the scratch is 7 KB per row.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mul.h>
@@ -156,11 +157,17 @@ struct Selection {
 
 // -- kernels -----------------------------------------------------------------------------
 
+// w = gamma * (W^T e), b = beta . (W^T e) [+ e . proj_bias] (docs/design.md sections 3.1, 3.5), fp32; the
+// bias term is added last, in the same order in every implementation (reference.py, _torch_select.py).
 std::tuple<Tensor, Tensor> fold_text_cpu(const Tensor& text_embeds, const Tensor& proj_weight,
-                                         const Tensor& ln_weight, const Tensor& ln_bias) {
-  check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias);
-  const Tensor u = at::matmul(text_embeds.to(at::kFloat), proj_weight.to(at::kFloat));  // [Bt, T, Dv]
-  return {at::mul(u, ln_weight.to(at::kFloat)), at::matmul(u, ln_bias.to(at::kFloat))};
+                                         const Tensor& ln_weight, const Tensor& ln_bias,
+                                         const std::optional<Tensor>& proj_bias) {
+  check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias);
+  const Tensor e = text_embeds.to(at::kFloat);
+  const Tensor u = at::matmul(e, proj_weight.to(at::kFloat));  // [Bt, T, Dv]
+  Tensor b = at::matmul(u, ln_bias.to(at::kFloat));            // [Bt, T]
+  if (proj_bias.has_value()) b = at::add(b, at::matmul(e, proj_bias->to(at::kFloat)));
+  return {at::mul(u, ln_weight.to(at::kFloat)), b};
 }
 
 Tensor text_similarity_cpu(const Tensor& hidden, const Tensor& w, const Tensor& b, double ln_eps) {

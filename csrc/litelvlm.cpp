@@ -39,7 +39,10 @@ TORCH_LIBRARY(litelvlm, m) {
   // [P, Dv], hidden [B, M, Dv], w [Bt, T, Dv], b [Bt, T], q_cls [B, D], keys / values [B, M, D],
   // s [B, T, M], c [B, M], num_texts [B]; Bt in {1, B}. Outputs: w, b, s, c fp32; indices
   // [B, R'] int64, num_similarity [B] int32, from_similarity [B, R'] bool, R' = min(R, M).
-  m.def("fold_text(Tensor text_embeds, Tensor proj_weight, Tensor ln_weight, Tensor ln_bias) -> (Tensor, Tensor)");
+  // proj_bias [P] (optional, default None): the constant of an affine head, W_o b_v + b_o for SigLIP's
+  // attention-pooling head (docs/design.md section 3.5); b_t gains e_t . proj_bias.
+  m.def("fold_text(Tensor text_embeds, Tensor proj_weight, Tensor ln_weight, Tensor ln_bias, "
+        "Tensor? proj_bias=None) -> (Tensor, Tensor)");
   m.def("text_similarity(Tensor hidden, Tensor w, Tensor b, float ln_eps) -> Tensor");
   m.def("cls_contribution(Tensor q_cls, Tensor keys, Tensor values, float? scale=None) -> Tensor");
   m.def("select_tokens(Tensor s, Tensor c, SymInt num_retain, SymInt min_votes=1, SymInt k_per_text=0, "

@@ -92,7 +92,7 @@ void check_select_args(int64_t T, int64_t M, int64_t num_retain, int64_t min_vot
 }
 
 void check_fold_inputs(const at::Tensor& text_embeds, const at::Tensor& proj_weight, const at::Tensor& ln_weight,
-                       const at::Tensor& ln_bias) {
+                       const at::Tensor& ln_bias, const std::optional<at::Tensor>& proj_bias) {
   check_float_tensor("text_embeds", text_embeds, 3);
   check_float_tensor("proj_weight", proj_weight, 2);
   check_float_tensor("ln_weight", ln_weight, 1);
@@ -105,6 +105,12 @@ void check_fold_inputs(const at::Tensor& text_embeds, const at::Tensor& proj_wei
                     proj_weight.sizes(), " ([P, Dv])");
   check_same_device({{"text_embeds", &text_embeds}, {"proj_weight", &proj_weight}, {"ln_weight", &ln_weight},
                      {"ln_bias", &ln_bias}});
+  if (!proj_bias.has_value()) return;
+  const at::Tensor& c = *proj_bias;
+  check_float_tensor("proj_bias", c, 1);
+  TORCH_CHECK_VALUE(c.size(0) == P, "proj_bias must have shape [P]=[", P, "] from proj_weight ", proj_weight.sizes(),
+                    " ([P, Dv]), got ", c.sizes());
+  check_same_device({{"text_embeds", &text_embeds}, {"proj_bias", &c}});
 }
 
 void check_similarity_inputs(const at::Tensor& hidden, const at::Tensor& w, const at::Tensor& b, double ln_eps) {

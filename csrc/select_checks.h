@@ -32,7 +32,7 @@ bool parse_order(std::string_view order);
 void check_select_args(int64_t T, int64_t M, int64_t num_retain, int64_t min_votes, int64_t k_per_text);
 
 void check_fold_inputs(const at::Tensor& text_embeds, const at::Tensor& proj_weight, const at::Tensor& ln_weight,
-                       const at::Tensor& ln_bias);
+                       const at::Tensor& ln_bias, const std::optional<at::Tensor>& proj_bias);
 void check_similarity_inputs(const at::Tensor& hidden, const at::Tensor& w, const at::Tensor& b, double ln_eps);
 void check_contribution_inputs(const at::Tensor& q_cls, const at::Tensor& keys, const at::Tensor& values);
 void check_scores(const at::Tensor& s, const at::Tensor& c, const std::optional<at::Tensor>& num_texts);

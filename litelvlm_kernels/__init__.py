@@ -14,6 +14,8 @@ from . import (
     reference,  # noqa: F401
 )
 from .api import FoldedText, PruneResult, fold_text, prune
+from .pooling_head import head_qkv, map_contribution
 
 __version__ = "0.1.0"
-__all__ = ["fold_text", "prune", "FoldedText", "PruneResult", "ops", "reference", "__version__"]
+__all__ = ["fold_text", "prune", "FoldedText", "PruneResult", "map_contribution", "head_qkv", "ops", "reference",
+           "__version__"]

@@ -143,7 +143,7 @@ def _check_folded(w, b, B, Dv) -> None:
     torch._check_value(w.shape[2] == Dv, lambda: f"w must have last dimension Dv={Dv} (hidden's), got {w.shape[2]}")
 
 
-def check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias) -> None:
+def check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias=None) -> None:
     check_tensor("text_embeds", text_embeds, 3)
     check_tensor("proj_weight", proj_weight, 2)
     check_tensor("ln_weight", ln_weight, 1)
@@ -156,6 +156,13 @@ def check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias) -> None:
         f"ln_weight {tuple(ln_weight.shape)} and ln_bias {tuple(ln_bias.shape)} must be [Dv] "
         f"with Dv={Dv} from proj_weight {tuple(proj_weight.shape)} ([P, Dv])"))
     check_same_device(text_embeds=text_embeds, proj_weight=proj_weight, ln_weight=ln_weight, ln_bias=ln_bias)
+    if proj_bias is None:
+        return
+    check_tensor("proj_bias", proj_bias, 1)
+    torch._check_value(proj_bias.shape[0] == P, lambda: (
+        f"proj_bias must have shape [P]=[{P}] from proj_weight {tuple(proj_weight.shape)} ([P, Dv]), "
+        f"got {tuple(proj_bias.shape)}"))
+    check_same_device(text_embeds=text_embeds, proj_bias=proj_bias)
 
 
 def check_similarity_inputs(hidden, w, b, ln_eps) -> None:

@@ -133,15 +133,12 @@ class DecoderConfig:
                 return obj.get(key, default)
             return getattr(obj, key, default)
 
+        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
         text = get(config, "text_config")
-        if text is not None and get(config, "hidden_size") is None:
+        # PaliGemma's config also has a top-level hidden_size (the projector's width), but no decoder shape
+        if text is not None and any(get(config, k) is None for k in required):
             config = text
-        missing = [
-            k
-            for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                      "num_attention_heads", "vocab_size")
-            if get(config, k) is None
-        ]
+        missing = [k for k in required if get(config, k) is None]
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}: not a LLaMA-style decoder config")
         heads = int(get(config, "num_attention_heads"))
@@ -178,6 +175,7 @@ PRESETS: dict[str, DecoderConfig] = {
     "mistral-7b": DecoderConfig(4096, 14336, 32, 32, 8, 32000),  # v0.1/v0.2 (LLaVA-NeXT)
     "qwen2-7b": DecoderConfig(3584, 18944, 28, 28, 4, 152064),
     "qwen2-0.5b": DecoderConfig(896, 4864, 24, 14, 2, 151936),
+    "gemma-2b": DecoderConfig(2048, 16384, 18, 8, 1, 257216),  # PaliGemma-3B (head_dim 256 = 2048 / 8)
 }
 
 

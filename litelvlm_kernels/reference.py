@@ -20,6 +20,7 @@ __all__ = [
     "fold_text",
     "similarity_direct",
     "contribution_direct",
+    "map_contribution_direct",
     "bottom_k_order",
     "top_contribution_order",
     "select",
@@ -36,17 +37,25 @@ def _broadcast_text(text_embeds: torch.Tensor, B: int) -> torch.Tensor:
     raise ValueError(f"text batch {text_embeds.shape[0]} must be 1 or B={B}")
 
 
-def fold_text(text_embeds, proj_weight, ln_weight, ln_bias) -> Tuple[torch.Tensor, torch.Tensor]:
-    """w_t = gamma * (W_p^T e_t), b_t = beta . (W_p^T e_t), in fp32 (docs/design.md section 3)."""
-    u = text_embeds.float() @ proj_weight.float()  # [Bt, T, P] @ [P, Dv]
-    return u * ln_weight.float(), u @ ln_bias.float()
+def fold_text(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """w_t = gamma * (W_p^T e_t), b_t = beta . (W_p^T e_t) [+ e_t . proj_bias], in fp32 (docs/design.md
+    sections 3.1 and 3.5). ``proj_bias`` [P]: the head's constant (SigLIP: W_o b_v + b_o)."""
+    e = text_embeds.float()
+    u = e @ proj_weight.float()  # [Bt, T, P] @ [P, Dv]
+    b = u @ ln_bias.float()
+    if proj_bias is not None:
+        b = b + e @ proj_bias.float()
+    return u * ln_weight.float(), b
 
 
-def similarity_direct(hidden, text_embeds, proj_weight, ln_weight, ln_bias, ln_eps=1e-5) -> torch.Tensor:
-    """s[b, t, j] = e_t . (W_p LN(x_j)): project every token, no folding. fp32 [B, T, M]."""
+def similarity_direct(hidden, text_embeds, proj_weight, ln_weight, ln_bias, ln_eps=1e-5,
+                      proj_bias=None) -> torch.Tensor:
+    """s[b, t, j] = e_t . (W_p LN(x_j) + proj_bias): project every token, no folding. fp32 [B, T, M]."""
     B, M, Dv = hidden.shape
     x = F.layer_norm(hidden.float(), (Dv,), ln_weight.float(), ln_bias.float(), ln_eps)
     z = x @ proj_weight.float().t()  # [B, M, P]: the full projection of every token
+    if proj_bias is not None:
+        z = z + proj_bias.float()  # the head's output W_p LN(x_j) + c, as the tower computes it
     e = _broadcast_text(text_embeds.float(), B)  # [B, T, P]
     return e @ z.transpose(1, 2)
 
@@ -63,6 +72,32 @@ def contribution_direct(q_cls, keys, values, scale: Optional[float] = None) -> t
     k = F.normalize(keys.float(), dim=-1)
     a = torch.softmax(scale * torch.einsum("bmd,bd->bm", k, q), dim=-1)
     return torch.linalg.vector_norm(a.unsqueeze(-1) * values.float(), dim=-1)
+
+
+def map_contribution_direct(q, keys, values, out_weight, num_heads: int) -> torch.Tensor:
+    """SigLIP's attention-pooling analog of the contribution (docs/design.md section 10). fp32 [B, M].
+
+    Per row b and head h: a_hj = softmax_j(q_h . k_hj / sqrt(d_h)) written out (exp of the
+    shifted logits over their sum); then per patch j the heads' a_hj v_hj are concatenated,
+    W_o is applied and c_j = || W_o [a_1j v_1j ; ... ; a_Hj v_Hj] ||. q is [1, D] or [B, D].
+    """
+    B, M, D = keys.shape
+    dh = D // num_heads
+    w_o = out_weight.float()
+    c = torch.empty(B, M, dtype=torch.float32, device=keys.device)
+    for b in range(B):
+        qb = q[b if q.shape[0] > 1 else 0].float()
+        kb, vb = keys[b].float(), values[b].float()
+        z = torch.empty(M, D, dtype=torch.float32, device=keys.device)  # row j: [a_1j v_1j ; ... ; a_Hj v_Hj]
+        for h in range(num_heads):
+            cols = slice(h * dh, (h + 1) * dh)
+            logits = kb[:, cols] @ qb[cols] / math.sqrt(dh)  # [M]
+            e = torch.exp(logits - logits.max()) if M > 0 else logits
+            a = e / e.sum()
+            z[:, cols] = a[:, None] * vb[:, cols]
+        for j in range(M):
+            c[b, j] = torch.linalg.vector_norm(w_o @ z[j])
+    return c
 
 
 def bottom_k_order(x: torch.Tensor) -> torch.Tensor:

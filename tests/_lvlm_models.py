@@ -30,9 +30,29 @@ def clip():
 
 
 @functools.lru_cache(maxsize=None)
+def siglip_tok():
+    return tl.siglip_tokenizer()
+
+
+@functools.lru_cache(maxsize=None)
+def siglip():
+    """The tiny SigLIP checkpoint (vision tower with its pooling head + text tower) the SigLIP LVLMs reuse."""
+    return tl.tiny_siglip(siglip_tok())
+
+
+SIGLIP_FAMILIES = ("llava_siglip",)  # families of tl.tiny_lvlm built on siglip(); others add theirs below
+
+
+@functools.lru_cache(maxsize=None)
 def lvlm(family: str, attn: str = "sdpa", llm_std: float | None = None):
     """The tiny model of ``family``; ``llm_std=0.3`` for tests that must see the selection in the tokens."""
-    return tl.tiny_lvlm(family, clip(), attn=attn, llm_std=llm_std)
+    tower = siglip() if family in SIGLIP_FAMILIES else clip()
+    return tl.tiny_lvlm(family, tower, attn=attn, llm_std=llm_std)
+
+
+def is_siglip(model) -> bool:
+    """Whether ``model``'s vision tower is SigLIP (then enable() pairs it with siglip())."""
+    return "siglip" in getattr(model.config.vision_config, "model_type", "")
 
 
 def pixels(*shape, seed=3):
@@ -95,13 +115,74 @@ def llava_batch(seed: int = 3) -> dict:
 
 
 def enable(model, **settings):
-    """enable_litelvlm with the tiny CLIP's text tower and tokenizer."""
+    """enable_litelvlm with the tiny CLIP's (or, for a SigLIP tower, the tiny SigLIP's) text tower and tokenizer."""
     from litelvlm_kernels.integrations.lvlm import enable_litelvlm
 
+    if is_siglip(model):
+        return enable_litelvlm(model, siglip(), siglip_tok(), **settings)
     return enable_litelvlm(model, clip(), tokenizer(), **settings)
+
+
+def siglip_text_embeds(expressions):
+    """[n, P] SigLIP text embeddings, tokenised as trained (padded to max_position_embeddings, no mask)."""
+    sg = siglip()
+    if not expressions:
+        return torch.zeros(0, sg.config.text_config.projection_size)
+    ids = siglip_tok()(list(expressions), padding="max_length", max_length=tl.SIGLIP_TEXT_LEN,
+                       truncation=True, return_tensors="pt").input_ids
+    return sg.text_model(input_ids=ids).pooler_output
+
+
+def siglip_layer_states(px, n: int):
+    """The tiny SigLIP's state after its first ``n`` layers, by hand (4.5x ties hidden_states[-1] to the
+    post-layernormed output, and its inner transformer returns no hidden_states at all)."""
+    from litelvlm_kernels.integrations._towers import find_tower, layer_output
+
+    tower = find_tower(siglip(), "vision")
+    h = tower.embeddings(px)
+    for layer in tower.encoder.layers[:n]:
+        h = layer_output(layer(h, None))
+    return h
+
+
+def siglip_head_qkv(y):
+    """The pooling head's q [1, D], k, v [B, M, D] by hand from nn.MultiheadAttention's packed in_proj."""
+    attn = siglip().vision_model.head.attention
+    D = attn.embed_dim
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    probe = siglip().vision_model.head.probe[0]  # [1, D]
+    return (probe @ w[:D].T + b[:D], y @ w[D:2 * D].T + b[D:2 * D], y @ w[2 * D:].T + b[2 * D:])
+
+
+def siglip_scores(hidden_for_similarity, px, expressions):
+    """Reference s [V, T, M'] on ``hidden_for_similarity`` (SigLIP fold: W_o W_v, W_o b_v + b_o, the original's
+    post-layernorm) and c [V, M] from the original tower's pooling head over its last layer's output."""
+    v = siglip().vision_model
+    attn = v.head.attention
+    D = attn.embed_dim
+    w_o, b_o = attn.out_proj.weight, attn.out_proj.bias
+    proj = w_o @ attn.in_proj_weight[2 * D:]
+    bias = w_o @ attn.in_proj_bias[2 * D:] + b_o
+    ln = v.post_layernorm
+    s = reference.similarity_direct(hidden_for_similarity, siglip_text_embeds(expressions).unsqueeze(0), proj,
+                                    ln.weight, ln.bias, ln.eps, proj_bias=bias)
+    q, k, val = siglip_head_qkv(v(px).last_hidden_state)
+    return s, reference.map_contribution_direct(q, k, val, w_o, attn.num_heads)
 
 
 def greedy(model, inputs, **kw):
     """Greedy generate, 4 new tokens unless told otherwise."""
     kw.setdefault("max_new_tokens", 4)
     return model.generate(**inputs, do_sample=False, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def paligemma(attn: str = "sdpa", llm_std: float | None = None):
+    """The tiny PaliGemmaForConditionalGeneration on siglip()'s tower (all its layers, no head)."""
+    return tl.tiny_paligemma(siglip(), attn=attn, llm_std=llm_std)
+
+
+@functools.lru_cache(maxsize=None)
+def onevision(attn: str = "sdpa", llm_std: float | None = None):
+    """The tiny LlavaOnevisionForConditionalGeneration on siglip()'s tower (its last layer dropped, "full")."""
+    return tl.tiny_onevision(siglip(), attn=attn, llm_std=llm_std)

@@ -166,6 +166,7 @@ def fastv_with_index_select(fv, llm, embeds, kept_image):
 
 @pytest.mark.parametrize("name,argv,kind,kept", [
     ("llava_generate", ["--retain", "16"], "image", [16, 16, 16]),
+    ("llava_interleave_generate", ["--retain", "16"], "image", [16, 16, 16]),
     ("llava_next_generate", ["--retain", "16", "--budget", "global"], "image", None),
     ("llava_next_video_generate", ["--retain", "4"], "video", [16, 16]),
 ])

@@ -163,16 +163,20 @@ def test_lvlm_expressions_named(model, batch, exprs, exc, match):
             model(**batch, referring_expressions=exprs)
 
 
-def test_towers_without_cls_refused_by_class_name():
-    """A SigLIP tower has CLIP's shape (embeddings, encoder, post_layernorm) but no [CLS]: refused, not misread."""
+def test_siglip_tower_with_clip_parts_is_refused_by_name():
+    """A SigLIP tower has CLIP's shape (embeddings, encoder, post_layernorm) but no [CLS]: it is read the SigLIP way
+    (tests/test_siglip.py), and CLIP parts handed to it are refused, named, never misread."""
     siglip = transformers.SiglipVisionConfig(image_size=tl.IMAGE, patch_size=tl.PATCH, hidden_size=64,
                                              intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     tower = transformers.SiglipVisionModel(siglip).eval()
-    with pytest.raises(TypeError, match="vision_model: SiglipVisionModel is not supported"):
+    with pytest.raises(ValueError, match="visual_projection: SigLIP towers have none"):
         LiteLVLMPruner(tower, lm.clip(), lm.tokenizer(), visual_projection=lm.clip().visual_projection)
-    cfg = transformers.LlavaConfig(vision_config=siglip.to_dict(), text_config=tl.text_config(),
-                                   image_token_index=tl.IMAGE_TOKEN, vision_feature_select_strategy="full")
+    with pytest.raises(TypeError, match="text_model: CLIPModel has no SigLIP text head"):
+        LiteLVLMPruner(tower, lm.clip(), lm.tokenizer())
+    cfg = transformers.LlavaConfig(vision_config=dict(siglip.to_dict(), vision_use_head=False),
+                                   text_config=tl.text_config(), image_token_index=tl.IMAGE_TOKEN,
+                                   vision_feature_select_strategy="full")
     llava = transformers.LlavaForConditionalGeneration(cfg).eval()
-    with pytest.raises(TypeError, match="SiglipVisionModel is not supported"):
+    with pytest.raises(TypeError, match="without its attention-pooling head"):
         enable_litelvlm(llava, lm.clip(), lm.tokenizer())
     assert "forward" not in llava.__dict__

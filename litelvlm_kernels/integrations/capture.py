@@ -43,14 +43,29 @@ class VisionCapture:
 
     hidden [B, M, Dv] (select layer), q_cls [B, D], keys / values [B, M, D]
     (last layer q/k/v projections), cls_hidden [B, Dv] (the select layer's [CLS]
-    row, for LLaVA's "cls_patch" feature mode).
+    row, for LLaVA's "full" feature mode). A tower without [CLS] (SigLIP,
+    ``siglip.py``) leaves those four None and gives ``contribution`` [B, M]
+    instead.
     """
 
     hidden: torch.Tensor
-    q_cls: torch.Tensor
-    keys: torch.Tensor
-    values: torch.Tensor
-    cls_hidden: torch.Tensor
+    q_cls: torch.Tensor | None
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    cls_hidden: torch.Tensor | None
+    contribution: torch.Tensor | None = None  # [B, M] fp32, computed by the capture (SigLIP: the pooling head's)
+    stock_features: torch.Tensor | None = None  # [B, M, Dv] when the stock hidden_states[select_layer] is not
+    #                                             ``hidden`` (see ``features``)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The patch rows of the stock ``hidden_states[select_layer]``, what an LVLM's projector reads.
+
+        ``hidden`` itself, except for a SigLIP tower's last layer under the transformers versions (4.5x) whose
+        ``hidden_states[-1]`` is the post-layernormed ``last_hidden_state`` (``siglip.ties_last_hidden_state``):
+        the scores keep reading the layer's own state, the LLM gets what the stock model gives it.
+        """
+        return self.hidden if self.stock_features is None else self.stock_features
 
 
 def normalise_layer(select_layer: int, num_layers: int) -> int:

@@ -33,7 +33,9 @@ try:  # the base classes only mark the wrappers for readers and type checks; tra
 except ImportError:  # pragma: no cover - integrations.hf already requires transformers
     LogitsProcessor = StoppingCriteria = BaseStreamer = object
 
-CACHE_KEYS = ("past_key_values", "cache")  # transformers 5.2x renames past_key_values -> cache in generate()
+CACHE_KEYS = ("past_key_values", "cache")
+# per-token arguments besides the mask that a later turn continues (its prefix part taken from the shrunk prefill)
+CONTINUED_FIELDS = ("token_type_ids",)  # transformers 5.2x renames past_key_values -> cache in generate()
 _RECORD_ATTR = "_litelvlm_prefix"
 
 
@@ -161,6 +163,8 @@ class PrefixRecord:
     shrunk_mask: torch.Tensor
     expressions: tuple
     pixels: dict
+    # the other per-token arguments of the prefill (CONTINUED_FIELDS: token_type_ids): name -> (caller's, shrunk)
+    fields: dict = dataclasses.field(default_factory=dict)
 
 
 def cache_of(kwargs: dict):
@@ -242,3 +246,23 @@ def continue_ids(record: PrefixRecord, ids: torch.Tensor, mask, placeholder_ids:
     new_ids = torch.cat([record.shrunk_ids.to(dev), tail], 1)
     new_mask = torch.cat([record.shrunk_mask.to(dev, mask.dtype), mask[:, Lc:]], 1)
     return new_ids, new_mask
+
+
+def continue_fields(record: PrefixRecord, kwargs: dict) -> dict:
+    """The per-token arguments of ``CONTINUED_FIELDS`` given to a turn that reuses ``record``'s cache, on the shrunk
+    prompt: the prefill's shrunk values, then the caller's values of the new tokens; a named error when the
+    caller's values over the cached prompt differ from those the cache was prefilled with."""
+    Lc = record.caller_ids.shape[1]
+    out = {}
+    for name in CONTINUED_FIELDS:
+        given = kwargs.get(name)
+        if given is None:
+            continue  # as the stock generate without it: the new tokens are computed causally on the cache
+        caller, shrunk = record.fields.get(name, (None, None))
+        if caller is None:
+            raise ValueError(f"{name}: the cached prompt was prefilled without {name}; pass none, or drop the cache "
+                             "to prefill again with them")
+        if not torch.equal(given[:, :Lc], caller.to(given.device, given.dtype)):
+            raise ValueError(f"{name}: differs from the cached prompt's over its first {Lc} positions")
+        out[name] = torch.cat([shrunk.to(given.device, given.dtype), given[:, Lc:]], 1)
+    return out

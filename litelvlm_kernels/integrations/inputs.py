@@ -2,7 +2,7 @@
 
 Steps 1, 3 and 4 of ``lvlm.py``'s list: find each item's placeholder run and
 its prompt, shrink the runs to the kept counts and re-pad the rows
-(``attention_mask``, ``position_ids`` renumbered, ``labels``), embed and merge.
+(``attention_mask``, ``position_ids`` renumbered, ``labels``, ``token_type_ids``), embed and merge.
 """
 
 from __future__ import annotations
@@ -12,6 +12,14 @@ import torch
 from ._towers import config_get
 from .capture import check_pixels
 from .text import check_expression
+
+# The call's per-token arguments: shrunk with input_ids (each item's dropped placeholders removed, the rows re-padded
+# on their side) -> the value their padding gets. token_type_ids: PaliGemma's prefix (0, attended bidirectionally)
+# / suffix (1) marks; the kept placeholders keep their type, so the prefix-LM mask stays the stock one minus the
+# dropped tokens.
+PER_TOKEN = {"attention_mask": 0, "position_ids": 1, "labels": -100, "token_type_ids": 0}
+# those checked against input_ids' shape here (position_ids may be [1, L] or 3-D in other models: not checked)
+_SAME_SHAPE = ("attention_mask", "labels", "token_type_ids")
 
 
 def check_inputs(adapter, kwargs: dict) -> None:
@@ -30,10 +38,13 @@ def check_inputs(adapter, kwargs: dict) -> None:
     if ids.dim() != 2:
         raise ValueError(f"input_ids: expected [batch, sequence], got shape {tuple(ids.shape)}"
                          + (" (add the batch dimension: input_ids[None])" if ids.dim() == 1 else ""))
-    mask = kwargs.get("attention_mask")
-    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"attention_mask: expected the shape of input_ids {tuple(ids.shape)}, got {got}")
+    for name in _SAME_SHAPE:
+        t = kwargs.get(name)
+        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != ids.shape):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: expected the shape of input_ids {tuple(ids.shape)}, got {got}")
+        if name != "attention_mask" and t is not None and (t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"{name}: expected integer values, got {t.dtype}")
     vision_config = adapter.model.config.vision_config
     for mod in adapter.modalities():
         px = kwargs.get(mod.pixel_key)
@@ -162,18 +173,16 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     pad_id = config_get(cfg, "pad_token_id", default=None)
     if pad_id is None:
         pad_id = config_get(getattr(cfg, "text_config", cfg), "pad_token_id", default=0)
-    tensors = {"input_ids": ids, "attention_mask": mask, "position_ids": kwargs.get("position_ids"),
-               "labels": kwargs.get("labels")}
-    new = shrink(dropped, mask.bool(), tensors,
-                 {"input_ids": pad_id, "attention_mask": 0, "position_ids": 1, "labels": -100}, side)
+    tensors = {"input_ids": ids, **{k: kwargs.get(k) for k in PER_TOKEN}, "attention_mask": mask}
+    new = shrink(dropped, mask.bool(), tensors, {"input_ids": pad_id, **PER_TOKEN}, side)
     embeds = adapter.model.get_input_embeddings()(new["input_ids"])
     for token_id, feats in merges:
         where = (new["input_ids"] == token_id).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
     out = {k: v for k, v in kwargs.items() if k not in pixel_keys(adapter)}
     out.update(attention_mask=new["attention_mask"], inputs_embeds=embeds, input_ids=None)
-    for k in ("position_ids", "labels"):
-        if new[k] is not None:
+    for k in PER_TOKEN:
+        if k != "attention_mask" and new[k] is not None:
             out[k] = new[k]
     visual = [token_id for token_id, _ in merges]
     report["rows"] = {  # per prompt: what the LLM attends to, before and after

@@ -9,6 +9,10 @@ and ``order`` decides their order in the sequence ("official": similarity set
 after the context tokens, as the public release; "spatial": raster order).
 With ``vision_feature_select_strategy="full"`` the [CLS] row stays in front,
 so an image takes R' + 1 placeholders.
+
+A SigLIP tower (LLaVA-Interleave) has no [CLS]: with "full" every row is a
+patch and an image takes R' placeholders; "default" would drop the first
+real patch (stock transformers slices row 0 whatever it is) and is refused.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ class LlavaAdapter(FamilyAdapter):
     model_types = ("llava",)
 
     def check_model(self) -> None:
-        self.strategy()
+        if self.strategy() == "default" and not self.pruner.has_cls:
+            raise ValueError("vision_feature_select_strategy='default' drops row 0 as [CLS], but this SigLIP tower "
+                             "has no [CLS] (row 0 is a real patch); SigLIP LLaVA checkpoints use 'full'")
 
     def side(self) -> int:
         return grid_side(self.model)
@@ -47,7 +53,7 @@ class LlavaAdapter(FamilyAdapter):
         return self.side() ** 2
 
     def modalities(self) -> list:
-        extra = 1 if self.strategy() == "full" else 0
+        extra = 1 if self.strategy() == "full" and self.pruner.has_cls else 0
         return [Modality("pixel_values", image_token_id(self.model.config), ("image_sizes",),
                          lambda kw: [self.num_patches() + extra] * kw["pixel_values"].shape[0],
                          self.image_features)]
@@ -55,7 +61,7 @@ class LlavaAdapter(FamilyAdapter):
     def image_features(self, kwargs: dict, cond) -> list:
         s = self.settings
         px = kwargs["pixel_values"]
-        full = self.strategy() == "full"
+        full = self.strategy() == "full" and self.pruner.has_cls  # [CLS] kept as a token
         res = self.pruner.prune(px, text=cond, num_retain=s.num_retain, multi_text=s.multi_text,
                                 k_per_text=s.k_per_text, order=s.order, return_capture=full)
         tokens = res.tokens

@@ -143,13 +143,21 @@ class LlavaNextAdapter(FamilyAdapter):
         feats = torch.cat(parts) if parts else proj.new_zeros(0, proj.shape[-1])
         order = torch.argsort(pos)
         pos, feats = pos[order], feats[order.to(feats.device)]
-        out = [proj[0, kept[0]]]
-        nl = newline.to(feats.device, feats.dtype)[None]
-        row_of = pos // w
-        mode = self.settings.image_newline
-        for r in range(h):
-            mine = feats[(row_of == r).to(feats.device)]
-            out.append(mine)
-            if mode == "all" or (mode == "kept_rows" and mine.shape[0] > 0):
-                out.append(nl)
-        return torch.cat(out)
+        rows = grid_rows(feats, pos // w, h, newline, self.settings.image_newline)
+        return torch.cat([proj[0, kept[0]], *rows])
+
+
+def grid_rows(feats: torch.Tensor, row_of: torch.Tensor, num_rows: int, newline: torch.Tensor, mode: str) -> list:
+    """Kept grid tokens row by row, each row followed by the ``newline`` embedding [H] as ``mode`` says.
+
+    ``feats`` [k, H]: the kept tokens in raster order; ``row_of`` [k] (CPU): their grid rows, ascending.
+    ``mode``: ``"all"`` a newline after every row (as stock), ``"kept_rows"`` after each row that kept a
+    token, ``"none"`` none. Shared by LLaVA-NeXT and LLaVA-OneVision.
+    """
+    nl = newline.to(feats.device, feats.dtype)[None]
+    out = []
+    for mine in feats.split(torch.bincount(row_of, minlength=num_rows).tolist()):
+        out.append(mine)
+        if mode == "all" or (mode == "kept_rows" and mine.shape[0] > 0):
+            out.append(nl)
+    return out

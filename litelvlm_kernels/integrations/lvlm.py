@@ -18,8 +18,10 @@ Because ``generate`` starts from the shrunk ids, its attention mask, cache
 positions and KV cache are consistent from the first step; the ids it returns
 are re-expanded to the caller's prompt + the new tokens, so
 ``out[:, inputs["input_ids"].shape[1]:]`` keeps working. Only bound methods
-of the instance are replaced (``forward``, ``generate``): ``disable`` deletes
-them, and weights and config are never touched.
+of the instance are replaced (``forward``, ``generate``; and, where its
+signature hides ``inputs_embeds``, ``prepare_inputs_for_generation``, see
+``_names_inputs_embeds``): ``disable`` deletes them, and weights and config
+are never touched.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ import torch
 
 from .._validate import min_votes_of
 from ._copy import deepcopy_fields
-from ._towers import config_get, model_part
+from ._towers import config_get, find_tower, model_part
 from .generation import (
+    CONTINUED_FIELDS,
     CallerIds,
     PrefixRecord,
     cache_of,
     cached_length,
     caller_view_kwargs,
+    continue_fields,
     continue_ids,
     expressions_key,
     length_overrides,
@@ -50,12 +54,13 @@ from .generation import (
 )
 from .inputs import check_inputs, pixel_keys, prepare_inputs
 from .pruner import LiteLVLMPruner
+from .siglip import is_siglip_tower
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
 
 # model_type -> adapter class; filled by the family modules listed below (imported on first use).
 _ADAPTERS: dict = {}
-_FAMILY_MODULES = ("llava", "llava_next", "llava_next_video")
+_FAMILY_MODULES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "paligemma")
 
 
 def register_adapter(cls):
@@ -76,6 +81,7 @@ def _adapter_for(model) -> type:
 
 
 _CHOICES = {"order": ("official", "spatial"), "missing_expressions": ("error", "cls"),
+            "similarity_keep": ("lowest", "highest"),
             "budget": ("per_tile", "global"), "image_newline": ("kept_rows", "all", "none"),
             "video_budget": ("per_frame", "per_clip")}
 
@@ -93,6 +99,7 @@ class LiteLVLMSettings:
     budget: str = "per_tile"
     image_newline: str = "kept_rows"
     video_budget: str = "per_frame"
+    similarity_keep: str = "lowest"  # the paper's CLIP finding; unverified for SigLIP (docs/design.md section 10)
 
     def check(self) -> LiteLVLMSettings:
         r = self.num_retain
@@ -140,7 +147,8 @@ class FamilyAdapter:
 
     def text_condition(self, expressions: list):
         """One text group per item: [[str, ...], ...] -> TextCondition (cached by content)."""
-        return self.pruner.prepare_text(texts=[list(e) for e in expressions])
+        return self.pruner.prepare_text(texts=[list(e) for e in expressions],
+                                        similarity_keep=self.settings.similarity_keep)
 
     @staticmethod
     def select_layer_of(model) -> int:
@@ -173,13 +181,17 @@ class LiteLVLMPatch:
         self.settings = adapter.settings
         self._local = threading.local()
         # an instance-level forward / generate (accelerate's hooks set one) is kept and restored by disable()
-        self._saved = {n: model.__dict__[n] for n in ("forward", "generate") if n in model.__dict__}
+        self._methods = ("forward", "generate") + (() if _names_inputs_embeds(model) else
+                                                   ("prepare_inputs_for_generation",))
+        self._saved = {n: model.__dict__[n] for n in self._methods if n in model.__dict__}
         self._orig_forward = model.forward
         self._orig_generate = model.generate
         self._forward_sig = inspect.signature(self._orig_forward)
         self._generate_sig = inspect.signature(self._orig_generate)
         model.forward = _patched_method(model, self._orig_forward, "_forward")
         model.generate = _patched_method(model, self._orig_generate, "_generate")
+        if "prepare_inputs_for_generation" in self._methods:
+            model.prepare_inputs_for_generation = types.MethodType(_prepare_inputs_for_generation, model)
         model._litelvlm_patch = self
 
     @property
@@ -215,7 +227,8 @@ class LiteLVLMPatch:
             caller_ids=ids.detach(), caller_mask=(torch.ones_like(ids) if mask is None else mask).detach(),
             shrunk_ids=new["input_ids"].detach(), shrunk_mask=new["attention_mask"].detach(),
             expressions=expressions_key(expressions),
-            pixels={m.pixel_key: kwargs[m.pixel_key] for m in self._modalities_present(kwargs)})
+            pixels={m.pixel_key: kwargs[m.pixel_key] for m in self._modalities_present(kwargs)},
+            fields={k: (kwargs[k].detach(), new[k].detach()) for k in CONTINUED_FIELDS if kwargs.get(k) is not None})
 
     def _forward(self, *args, **kwargs):
         expressions = kwargs.pop("referring_expressions", None)
@@ -267,6 +280,7 @@ class LiteLVLMPatch:
             new["input_ids"], new["attention_mask"] = continue_ids(
                 record, caller_ids, kw.get("attention_mask"), [m.token_id for m in self.adapter.modalities()],
                 pixels, expressions, cache_key)
+            new.update(continue_fields(record, kw))  # token_type_ids: the shrunk prefill's, then the new tokens'
         else:
             new, new_ids, self.last_report = prepare_inputs(self.adapter, kw, expressions)
             new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
@@ -284,7 +298,7 @@ class LiteLVLMPatch:
         """Undo ``enable_litelvlm``: the model's own ``forward`` / ``generate`` again."""
         if not self.enabled:
             return
-        for name in ("forward", "generate", "_litelvlm_patch"):
+        for name in (*self._methods, "_litelvlm_patch"):
             self.model.__dict__.pop(name, None)
         self.model.__dict__.update(self._saved)
 
@@ -325,6 +339,24 @@ def _patched_method(model, orig, name: str):
     return types.MethodType(method, model)
 
 
+def _names_inputs_embeds(model) -> bool:
+    """Whether generate() accepts ``inputs_embeds`` for ``model``: it checks that its
+    ``prepare_inputs_for_generation`` names the parameter. transformers 5's PaliGemma declares
+    ``(input_ids, **kwargs)`` and passes ``inputs_embeds`` on to the base method, which uses it: refused by
+    the check only."""
+    try:
+        params = inspect.signature(model.prepare_inputs_for_generation).parameters
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return "inputs_embeds" in params or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
+    """The class's own method, with ``inputs_embeds`` named (``_names_inputs_embeds``); reached through the
+    instance's class (no closure over the model), so ``copy.deepcopy(model)`` binds the copy."""
+    return type(self).prepare_inputs_for_generation(self, input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
 def _reexpand(out, view: CallerIds):
     """Generated sequences start with the shrunk prompt: put the caller's prompt back in front."""
     if isinstance(out, torch.Tensor):
@@ -334,7 +366,8 @@ def _reexpand(out, view: CallerIds):
 
 
 def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection=None,
-                    pruner: LiteLVLMPruner | None = None, **settings) -> LiteLVLMPatch:
+                    pruner: LiteLVLMPruner | None = None, vision_head=None, head_contribution: str = "exact",
+                    **settings) -> LiteLVLMPatch:
     """Make ``model.forward`` / ``model.generate`` feed the LLM only the tokens LiteLVLM keeps.
 
     Parameters
@@ -345,11 +378,16 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     text_model, tokenizer, visual_projection
         The CLIP text tower (CLIPModel or CLIPTextModelWithProjection), its tokenizer and the
         CLIP ``visual_projection`` of the checkpoint whose vision tower the LVLM uses (LLaVA
-        checkpoints hold neither). Or pass a ready ``pruner=LiteLVLMPruner(...)``.
+        checkpoints hold neither). For a SigLIP tower: the original SigLIP checkpoint as a
+        SiglipModel (its text tower, pooling head, post-layernorm and any layers the LVLM's tower
+        dropped are used) and its tokenizer. Or pass a ready ``pruner=LiteLVLMPruner(...)``.
+    vision_head, head_contribution
+        SigLIP only, as ``LiteLVLMPruner``.
     **settings
         ``LiteLVLMSettings`` fields: ``num_retain`` (192), ``multi_text``, ``k_per_text``,
         ``order``, ``missing_expressions`` ("error" or "cls"), ``budget`` ("per_tile" or
-        "global", LLaVA-NeXT), ``image_newline``, ``video_budget`` ("per_frame" or "per_clip").
+        "global", LLaVA-NeXT), ``image_newline``, ``video_budget`` ("per_frame" or "per_clip"),
+        ``similarity_keep`` ("lowest", the paper's rule, or "highest").
 
     Returns
     -------
@@ -368,10 +406,14 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     s = LiteLVLMSettings(**settings).check()
     if pruner is None:
         vision = model_part(model, "vision_tower")
-        if visual_projection is None:  # a CLIPModel as text_model carries the projection too
+        if visual_projection is None and not is_siglip_tower(find_tower(vision, "vision")):
+            # a CLIPModel as text_model carries the projection too (a SigLIP tower has none to take)
             visual_projection = getattr(text_model, "visual_projection", None)
         pruner = LiteLVLMPruner(vision, text_model, tokenizer, visual_projection=visual_projection,
-                                select_layer=cls.select_layer_of(model))
+                                select_layer=cls.select_layer_of(model), vision_head=vision_head,
+                                head_contribution=head_contribution)
+    elif vision_head is not None or head_contribution != "exact":
+        raise ValueError("vision_head / head_contribution: set them on the pruner you pass (pruner=)")
     return LiteLVLMPatch(model, cls(model, pruner, s))
 
 

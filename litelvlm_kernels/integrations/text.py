@@ -75,10 +75,28 @@ class TextCondition:
     text_embeds: torch.Tensor
     num_texts: torch.Tensor
     folded: Any
+    similarity_keep: str = "lowest"  # folded already oriented: "highest" stores -w, -b
 
     @property
     def num_groups(self) -> int:
         return self.text_embeds.shape[0]
+
+
+SIMILARITY_KEEP = ("lowest", "highest")
+
+
+def check_similarity_keep(value) -> str:
+    if value not in SIMILARITY_KEEP:
+        raise ValueError(f"similarity_keep must be one of {SIMILARITY_KEEP}, got {value!r}")
+    return value
+
+
+def oriented(folded, similarity_keep: str):
+    """The folded text as the ops' bottom-k should read it: "highest" negates w and b, so s' = -s exactly
+    (negation commutes with rounding) and the lowest of s' are the highest of s, ties still by index."""
+    if check_similarity_keep(similarity_keep) == "lowest":
+        return folded
+    return folded._replace(w=-folded.w, b=-folded.b)
 
 
 def group_counts(n: int, texts_per_image) -> list:

@@ -45,7 +45,10 @@ def view_similarity(pruner, hidden, cond, view_item: torch.Tensor):
 
 
 def contribution(cap):
-    """c [V, M] fp32: each patch's contribution to its own view's [CLS] (last layer)."""
+    """c [V, M] fp32: each patch's contribution to its own view's [CLS] (last layer), or to its view's pooled
+    embedding for a tower without [CLS] (SigLIP: computed by the capture)."""
+    if cap.contribution is not None:
+        return cap.contribution.detach()
     return ops.cls_contribution(cap.q_cls.detach(), cap.keys.detach(), cap.values.detach())
 
 

@@ -22,10 +22,17 @@ _LOW32 = (1 << 32) - 1
 
 
 def fold_text(text_embeds: torch.Tensor, proj_weight: torch.Tensor, ln_weight: torch.Tensor,
-              ln_bias: torch.Tensor):
-    """w_t = gamma * (W_p^T e_t) [Bt, T, Dv], b_t = beta . (W_p^T e_t) [Bt, T], fp32."""
-    u = torch.matmul(text_embeds.float(), proj_weight.float())
-    return u * ln_weight.float(), torch.matmul(u, ln_bias.float())
+              ln_bias: torch.Tensor, proj_bias: Optional[torch.Tensor] = None):
+    """w_t = gamma * (W_p^T e_t) [Bt, T, Dv], b_t = beta . (W_p^T e_t) [+ e_t . proj_bias] [Bt, T], fp32.
+
+    The bias term is added last, as in the C++ kernel and the reference (docs/design.md section 3.5).
+    """
+    e = text_embeds.float()
+    u = torch.matmul(e, proj_weight.float())
+    b = torch.matmul(u, ln_bias.float())
+    if proj_bias is not None:
+        b = b + torch.matmul(e, proj_bias.float())
+    return u * ln_weight.float(), b
 
 
 def text_similarity(hidden: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_eps: float) -> torch.Tensor:

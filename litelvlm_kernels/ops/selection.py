@@ -43,16 +43,16 @@ def _selection_outputs(like, B, M, num_retain):
 # -- fold_text ---------------------------------------------------------------
 
 @torch.library.register_fake("litelvlm::fold_text")
-def _fold_text_fake(text_embeds, proj_weight, ln_weight, ln_bias):
-    V.check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias)
+def _fold_text_fake(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias=None):
+    V.check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias)
     Bt, T, _ = text_embeds.shape
     Dv = proj_weight.shape[1]
     return text_embeds.new_empty((Bt, T, Dv), dtype=torch.float32), text_embeds.new_empty((Bt, T), dtype=torch.float32)
 
 
-def _fold_text_default(text_embeds, proj_weight, ln_weight, ln_bias):
-    V.check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias)
-    return TS.fold_text(text_embeds, proj_weight, ln_weight, ln_bias)
+def _fold_text_default(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias=None):
+    V.check_fold_inputs(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias)
+    return TS.fold_text(text_embeds, proj_weight, ln_weight, ln_bias, proj_bias)
 
 
 # -- text_similarity ---------------------------------------------------------

@@ -1,0 +1,209 @@
+"""SigLIP towers: what plays CLIP's [EOS] similarity and [CLS] contribution, read from a SigLIP checkpoint.
+
+SigLIP has no [CLS] token. Its pooled image embedding is a multi-head
+attention pooling head (MAP) over y_j = LN_post(x^L_j), the post-layernormed
+output of the LAST layer: a learned probe p attends with
+``nn.MultiheadAttention`` (q = W_q p + b_q, k_j = W_k y_j + b_k,
+v_j = W_v y_j + b_v, out_proj W_o, b_o), then layernorm + MLP. Its text
+embedding e_t is ``head(final_layer_norm(h)[:, -1])`` (the last position;
+texts padded to ``max_position_embeddings`` as in training, no attention mask).
+The method's two signals (docs/design.md section 10):
+
+* similarity: s_tj = e_t . (W_o (W_v LN_post(x_j) + b_v) + b_o), x_j the
+  select-layer state (as CLIP's rule uses the select layer): the text against
+  what patch j would contribute if the probe attended to it alone. It folds
+  like CLIP's with ``proj_weight = W_o W_v`` and ``proj_bias = W_o b_v + b_o``;
+* contribution: c_j = || W_o [a_1j v_1j; ...; a_Hj v_Hj] ||, a_hj the probe's
+  per-head attention (``litelvlm_kernels.map_contribution``).
+
+LVLM checkpoints drop the head (``vision_use_head=False``) and LLaVA-OneVision's
+tower also drops the last layer, so the head, the post-layernorm paired with it,
+the layers the LVLM's tower lacks and the text tower come from the original
+SigLIP checkpoint (e.g. ``google/siglip-so400m-patch14-384``), as CLIP's text
+tower and ``visual_projection`` do for LLaVA-1.5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._towers import find_tower
+from .capture import VisionCapture, check_pixels, normalise_layer, run_layer
+
+
+def is_siglip_tower(tower: torch.nn.Module) -> bool:
+    """A vision transformer without [CLS]: no ``class_embedding``, no ``pre_layrnorm`` (SigLIP, SigLIP 2)."""
+    return not hasattr(tower, "pre_layrnorm") and not hasattr(getattr(tower, "embeddings", None), "class_embedding")
+
+
+def _with_head(m) -> torch.nn.Module | None:
+    """The SigLIP vision transformer holding ``head`` inside ``m`` (SiglipModel, SiglipVisionModel, 4.x nesting)."""
+    for _ in range(3):
+        if m is None:
+            return None
+        if getattr(m, "head", None) is not None and hasattr(m, "post_layernorm") and hasattr(m, "encoder"):
+            return m
+        m = getattr(m, "vision_model", None)
+    return None
+
+
+def head_source(vision_model, text_model, vision_head) -> torch.nn.Module:
+    """The SigLIP vision transformer whose pooling head, post-layernorm and last layers LiteLVLM reads.
+
+    Looked for in ``vision_head`` (if given), then ``text_model`` (a SiglipModel carries both towers), then
+    ``vision_model`` itself (a SiglipVisionModel loaded with its head). TypeError naming ``vision_head``.
+    """
+    for cand in (vision_head, text_model, vision_model):
+        src = _with_head(cand)
+        if src is not None:
+            return src
+        if cand is vision_head and vision_head is not None:
+            raise TypeError(f"vision_head: {type(vision_head).__name__} holds no SigLIP attention-pooling head "
+                            "(load the original SigLIP checkpoint with vision_use_head=True)")
+    raise TypeError(
+        f"vision_model: {type(vision_model).__name__} is a SigLIP tower without its attention-pooling head (LVLM "
+        "checkpoints drop it); pass the original SigLIP checkpoint as text_model= (a SiglipModel, e.g. "
+        "google/siglip-so400m-patch14-384) or vision_head= (its SiglipVisionModel)")
+
+
+def fold_params(source: torch.nn.Module) -> tuple:
+    """(proj_weight [P, Dv] = W_o W_v, proj_bias [P] = W_o b_v + b_o) of the head's value and output maps, fp32."""
+    attn = source.head.attention
+    D = attn.embed_dim
+    if getattr(attn, "in_proj_weight", None) is None:
+        raise TypeError("vision_head: the pooling head's attention has separate q/k/v weights; expected the "
+                        "packed in_proj_weight of SigLIP's nn.MultiheadAttention")
+    w_v = attn.in_proj_weight[2 * D:].float()
+    b_v = attn.in_proj_bias[2 * D:].float() if attn.in_proj_bias is not None else w_v.new_zeros(D)
+    w_o = attn.out_proj.weight.float()
+    b_o = attn.out_proj.bias.float() if attn.out_proj.bias is not None else w_o.new_zeros(w_o.shape[0])
+    return w_o @ w_v, w_o @ b_v + b_o
+
+
+def check_source(tower: torch.nn.Module, source: torch.nn.Module) -> None:
+    """The head's checkpoint must extend the LVLM's tower: same width, at least as many layers."""
+    d_tower, d_src = tower.config.hidden_size, source.config.hidden_size
+    if d_tower != d_src:
+        raise ValueError(f"vision_head: a SigLIP head of width {d_src} does not fit a vision tower of width "
+                         f"{d_tower}; pass the SigLIP checkpoint this tower comes from")
+    n_tower, n_src = len(tower.encoder.layers), len(source.encoder.layers)
+    if n_src < n_tower:
+        raise ValueError(f"vision_head: the SigLIP checkpoint has {n_src} layers, fewer than the vision tower's "
+                         f"{n_tower}; pass the checkpoint this tower comes from")
+
+
+def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values: torch.Tensor, *,
+                   select_layer: int = -1, contribution: str = "exact", interpolate_pos_encoding: bool = False,
+                   tied_last: bool = False) -> VisionCapture:
+    """One SigLIP forward, run by hand (no hooks): the select-layer states and each patch's head contribution.
+
+    The LVLM's own tower runs its L' layers (``select_layer`` indexes its hidden_states: 0 = embeddings,
+    i = output of layer i - 1); the layers L' .. L - 1 that the LVLM dropped come from ``source`` (the original
+    checkpoint), whose post-layernorm and pooling head then give the contribution. Nothing is stored on a
+    module: thread-safe, and an error leaves nothing behind.
+
+    ``tied_last``: the stock ``hidden_states[-1]`` is the tower's post-layernormed output
+    (``ties_last_hidden_state``); then ``features`` at the last layer is that, ``hidden`` stays the layer's state.
+
+    Returns
+    -------
+    VisionCapture
+        ``hidden`` [B, M, Dv] (select layer, before any post-layernorm; M = every patch, there is no [CLS]),
+        ``contribution`` [B, M] fp32, ``features`` (the stock hidden_states[select_layer]); ``q_cls`` / ``keys`` /
+        ``values`` / ``cls_hidden`` are None.
+    """
+    from ..pooling_head import head_qkv, map_contribution
+
+    check_pixels(pixel_values, tower.config, "pixel_values")
+    layers = tower.encoder.layers
+    idx = normalise_layer(select_layer, len(layers))
+    h = (tower.embeddings(pixel_values, interpolate_pos_encoding=True) if interpolate_pos_encoding
+         else tower.embeddings(pixel_values))
+    selected = h if idx == 0 else None
+    for i, layer in enumerate(layers):
+        h = run_layer(layer, h)
+        if i + 1 == idx:
+            selected = h
+    for layer in source.encoder.layers[len(layers):]:
+        h = run_layer(layer, h)
+    head = source.head
+    q, k, v = head_qkv(head, source.post_layernorm(h))
+    c = map_contribution(q, k, v, head.attention.out_proj.weight, head.attention.num_heads, mode=contribution)
+    stock = tower.post_layernorm(selected) if tied_last and idx == len(layers) else None
+    return VisionCapture(hidden=selected, q_cls=None, keys=None, values=None, cls_hidden=None, contribution=c,
+                         stock_features=stock)
+
+
+_TIES: dict = {}  # class of the module the LVLM calls -> bool
+
+
+def ties_last_hidden_state(vision_model: torch.nn.Module) -> bool:
+    """Whether ``vision_model(..., output_hidden_states=True).hidden_states[-1]`` is the post-layernormed
+    ``last_hidden_state`` rather than the last layer's output.
+
+    It depends on the installed transformers, not on the weights: 4.5x's ``check_model_inputs`` replaces the
+    last collected state by ``last_hidden_state`` (harmless for CLIP, whose last_hidden_state has no norm; for
+    SigLIP it is post_layernorm's output), 4.45 and 5.x do not. So a stock LVLM with ``vision_feature_layer=-1``
+    (LLaVA-OneVision, LLaVA-Interleave) feeds its LLM one or the other; this asks a 1-layer random instance of
+    the same class once, so the LiteLVLM features stay bit for bit the stock ones on either version.
+    """
+    cls = type(vision_model)
+    if cls not in _TIES:
+        try:
+            cfg = type(vision_model.config)(**{**vision_model.config.to_dict(), **dict(
+                image_size=8, patch_size=4, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                num_attention_heads=1, vision_use_head=False)})
+            probe = cls(cfg).eval()
+            with torch.no_grad():
+                out = probe(torch.randn(1, cfg.num_channels, 8, 8), output_hidden_states=True)
+            _TIES[cls] = bool(out.hidden_states is not None and torch.equal(out.hidden_states[-1],
+                                                                           out.last_hidden_state))
+        except Exception:  # noqa: BLE001 - a class we cannot instantiate small: its forward is the plain loop
+            _TIES[cls] = False
+    return _TIES[cls]
+
+
+def siglip_text_tower(text_model: torch.nn.Module) -> torch.nn.Module:
+    """The SigLIP text transformer (``final_layer_norm`` + ``head``) inside ``text_model``."""
+    tower = find_tower(text_model, "text")
+    if getattr(tower, "head", None) is None:
+        parent = getattr(text_model, "text_model", None)
+        if getattr(parent, "head", None) is not None:  # transformers 4.x: SiglipTextModel.text_model holds it
+            return parent
+        raise TypeError(f"text_model: {type(text_model).__name__} has no SigLIP text head; pass a SiglipModel "
+                        "or SiglipTextModel")
+    return tower
+
+
+def encode_siglip_text(text_model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """[N, P] SigLIP text embeddings: ``head(final_layer_norm(h)[:, -1])``, ids padded to the tower's length.
+
+    No attention mask: SigLIP was trained on texts padded to ``max_position_embeddings`` and pools the last
+    position, padding included (the transformers docs: "make sure to set padding='max_length'").
+    """
+    tower = siglip_text_tower(text_model)
+    out = tower(input_ids=input_ids)
+    return out.pooler_output if hasattr(out, "pooler_output") else out[1]
+
+
+def pad_to_length(input_ids: torch.Tensor, length: int, pad_id: int, side: str = "right") -> torch.Tensor:
+    """Pad [N, L <= length] ids to ``length`` with ``pad_id`` on ``side`` (what ``padding="max_length"`` does)."""
+    extra = length - input_ids.shape[1]
+    if extra <= 0:
+        return input_ids
+    pad = input_ids.new_full((input_ids.shape[0], extra), pad_id)
+    return torch.cat([input_ids, pad] if side == "right" else [pad, input_ids], 1)
+
+
+def check_siglip_tokenizer(tokenizer, text_config) -> None:
+    """Every id the tokenizer makes must be in the SigLIP text tower's vocabulary; it must have a pad token."""
+    try:
+        n = len(tokenizer)
+    except TypeError:
+        return
+    vocab = getattr(text_config, "vocab_size", None)
+    if vocab is not None and n > vocab:
+        raise ValueError(f"tokenizer: its {n}-token vocabulary does not fit the SigLIP text tower's vocab_size "
+                         f"{vocab}; pass the SigLIP tokenizer of the same checkpoint (not the LLM's)")
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        raise ValueError("tokenizer: has no pad token; SigLIP texts are padded to the text tower's length")
