@@ -378,3 +378,6 @@ def tiny_onevision(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | N
     if llm_std is not None:
         sharpen(model, llm_std)
     return model
+
+
+SIGLIP_FAMILIES["llava_onevision"] = tiny_onevision

@@ -169,6 +169,9 @@ def fastv_with_index_select(fv, llm, embeds, kept_image):
     ("llava_interleave_generate", ["--retain", "16"], "image", [16, 16, 16]),
     ("llava_next_generate", ["--retain", "16", "--budget", "global"], "image", None),
     ("llava_next_video_generate", ["--retain", "4"], "video", [16, 16]),
+    ("llava_onevision_generate", ["--retain", "8"], "image", None),
+    ("llava_onevision_generate", ["--retain", "4", "--budget", "per_frame"], "video", [17, 17]),  # 4 x 4 + newline
+    ("paligemma_generate", ["--retain", "16"], "image", [16, 16, 16]),
 ])
 def test_lvlm_generate_examples(name, argv, kind, kept, capsys):
     pytest.importorskip("transformers")

@@ -13,6 +13,7 @@ positions of the stock sequence.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -105,7 +106,11 @@ def anyres(model):
 
 @pytest.fixture(scope="module")
 def multi(model):
-    return stock_batch(model, SIZES, [1, 2], bni=[1, 2])  # row 1 has two images: base views only
+    """Row 1 has two images: base views only. None before transformers 4.46 (no batch_num_images: every image
+    is AnyRes)."""
+    if "batch_num_images" not in inspect.signature(type(model).forward).parameters:
+        return None
+    return stock_batch(model, SIZES, [1, 2], bni=[1, 2])
 
 
 def test_geometry_matches_stock(model, anyres):
@@ -124,14 +129,18 @@ def test_geometry_matches_stock(model, anyres):
 
 def test_keep_all_equals_stock(model, anyres, multi):
     with torch.no_grad():
-        for batch, _, lens in (anyres, multi):
+        for batch, _, lens in filter(None, (anyres, multi)):
             logits = model(**batch).logits
             for budget, R in (("per_tile", M), ("global", 10_000)):
                 with enable(model, num_retain=R, budget=budget, image_newline="all") as patch:
                     got = model(**batch, referring_expressions=EXPRS).logits
                 assert torch.equal(got, logits), budget
                 assert patch.last_report["image"]["stock"] == lens == patch.last_report["image"]["kept"]
-        batch = anyres[0]
+        batch, V, _ = anyres  # the views concatenated ([sum V, 3, H, W]), which the stock model also takes
+        flat = dict(batch, pixel_values=torch.cat([batch["pixel_values"][i, :v] for i, v in enumerate(V)]))
+        stock_flat = model(**flat).logits
+        with enable(model, num_retain=M, image_newline="all"):
+            assert torch.equal(model(**flat, referring_expressions=EXPRS).logits, stock_flat)
         ids = greedy(model, batch)
         with enable(model, num_retain=M, image_newline="all"):
             assert torch.equal(greedy(model, batch, referring_expressions=EXPRS), ids)
@@ -209,8 +218,7 @@ def reported_positions(model, views, size, multi_view=True):
     from litelvlm_kernels.integrations.llava_onevision import geometry
 
     geo = geometry(model, size, model.config.vision_aspect_ratio, multi_view)
-    for d, cl, grid in zip(views, geo["cells"], geo["cell_grids"]):
-        assert d["grid"] == grid
+    assert [d["grid"] for d in views] == geo["cell_grids"]
     return torch.cat([cl[d["indices"]] for d, cl in zip(views, geo["cells"])]).sort().values
 
 
@@ -230,6 +238,8 @@ def test_pruned_equals_hand_built(model, anyres, budget, newline):
 
 
 def test_multi_image_pruned_equals_hand_built(model, multi):
+    if multi is None:
+        pytest.skip("this transformers has no batch_num_images (multi-image prompts)")
     batch, V, _ = multi
     R = 5
     mv = [True, False, False]
@@ -342,6 +352,17 @@ def test_expressions_change_generated_tokens():
     assert not torch.equal(outs[0], outs[1])
 
 
+def test_no_expressions_context_only(model, anyres):
+    """missing_expressions="cls": T = 0, pure contribution ranking (the score maps carry one channel)."""
+    batch, V, _ = anyres
+    with torch.no_grad(), enable(model, num_retain=4, missing_expressions="cls") as patch:
+        model(**batch)
+    views = patch.last_report["image"]["views"]
+    assert [len(v) for v in views] == V
+    assert all(len(d["indices"]) == min(4, d["grid"][0] * d["grid"][1]) and not d["from_similarity"].any()
+               for v in views for d in v)
+
+
 def test_bad_inputs_named(model, anyres, multi):
     batch, _, _ = anyres
     with enable(model, num_retain=8):
@@ -349,8 +370,9 @@ def test_bad_inputs_named(model, anyres, multi):
             model(**{k: v for k, v in batch.items() if k != "image_sizes"}, referring_expressions=EXPRS)
         with pytest.raises(ValueError, match="image_sizes"):
             model(**dict(batch, image_sizes=SIZES[:2]), referring_expressions=EXPRS)
-        with pytest.raises(ValueError, match="batch_num_images"):
-            model(**dict(multi[0], batch_num_images=torch.tensor([1, 1])), referring_expressions=EXPRS)
+        if multi is not None:
+            with pytest.raises(ValueError, match="batch_num_images"):
+                model(**dict(multi[0], batch_num_images=torch.tensor([1, 1])), referring_expressions=EXPRS)
         with pytest.raises(ValueError, match="pixel_values"):
             model(**dict(batch, pixel_values=batch["pixel_values"][:, :2]), referring_expressions=EXPRS)
         with pytest.raises(ValueError, match="input_ids"):  # placeholders of another image size
@@ -367,3 +389,30 @@ def test_default_strategy_refused():
     model = type(lm.onevision())(type(lm.onevision().config)(**cfg))
     with pytest.raises(ValueError, match="vision_feature_select_strategy"):
         enable(model)
+
+
+def test_clip_tower_default_strategy_keep_all():
+    """Not a released checkpoint, but the rule is the tower's: a CLIP tower needs "default" (drop [CLS]), and then
+    keeping everything is the stock model too (images and video)."""
+    import transformers
+
+    from litelvlm_kernels.integrations._towers import find_tower
+
+    torch.manual_seed(1)
+    cfg = transformers.LlavaOnevisionConfig(
+        vision_config=tl.vision_config(), text_config=tl.text_config(), image_token_index=tl.IMAGE_TOKEN,
+        video_token_index=tl.VIDEO_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_grid_pinpoints=tl.GRID_PINPOINTS, vision_aspect_ratio=tl.ONEVISION_ASPECT)
+    model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
+    find_tower(lm.inner(model).vision_tower, "vision").load_state_dict(find_tower(lm.clip(), "vision").state_dict())
+    batch, _, _ = stock_batch(model, SIZES[:2], [1, 1])
+    ids, mask = tl.prompt_ids([1, 1], [(tl.VIDEO_TOKEN, 2 * math.ceil(G / 2) ** 2 + 1)] * 2)
+    videos = dict(input_ids=ids, attention_mask=mask, pixel_values_videos=lm.pixels(2, 2, 3, tl.IMAGE, tl.IMAGE))
+    with torch.no_grad():
+        for b in (batch, videos):
+            want = model(**b).logits
+            with enable(model, num_retain=M, image_newline="all"):
+                assert torch.equal(model(**b, referring_expressions=["the cat", "a dog"]).logits, want)
+    cfg.vision_feature_select_strategy = "full"
+    with pytest.raises(ValueError, match="vision_feature_select_strategy"):
+        enable(transformers.LlavaOnevisionForConditionalGeneration(cfg))

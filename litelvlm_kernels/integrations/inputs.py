@@ -141,8 +141,9 @@ def shrink(dropped: torch.Tensor, real: torch.Tensor, tensors: dict, pads: dict,
 def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     """Stock inputs -> (kwargs for the stock forward / generate with inputs_embeds, shrunk input_ids, report)."""
     ids = kwargs["input_ids"]  # check_inputs ran first
-    if kwargs.get("inputs_embeds") is not None:
-        raise ValueError("inputs_embeds: cannot be combined with pixel inputs while LiteLVLM is enabled")
+    for name in ("inputs_embeds", "mm_encoder_outputs"):  # the latter: pre-encoded features (transformers 5.2x)
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name}: cannot be combined with pixel inputs while LiteLVLM is enabled")
     s = adapter.settings
     dropped = torch.zeros_like(ids, dtype=torch.bool)
     merges, report = [], {}

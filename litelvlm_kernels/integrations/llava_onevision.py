@@ -150,10 +150,8 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         """``vision_aspect_ratio`` of the call or the config ("anyres_max_N")."""
         a = kwargs.get("vision_aspect_ratio") or config_get(self.model.config, "vision_aspect_ratio",
                                                              default="anyres_max_9")
-        try:
-            int(str(a).strip("anyres_max_"))  # the stock parse
-        except ValueError:
-            raise ValueError(f"vision_aspect_ratio={a!r}: expected 'anyres_max_N'") from None
+        if not (isinstance(a, str) and a.startswith("anyres_max_") and a[len("anyres_max_"):].isdigit()):
+            raise ValueError(f"vision_aspect_ratio={a!r}: expected 'anyres_max_N'")
         return a
 
     def _check_call(self, kwargs: dict) -> None:

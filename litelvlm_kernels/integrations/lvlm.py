@@ -10,7 +10,8 @@ kept LLM inputs of each; this module does the rest, the same way for all:
    referring expressions;
 2. compute the kept features of every item (the family's ``visual_features``);
 3. shrink each run from the stock count to the kept count, re-pad the rows
-   (``attention_mask``, ``position_ids`` renumbered, ``labels`` with -100);
+   (``attention_mask``, ``position_ids`` renumbered, ``labels`` with -100,
+   ``token_type_ids``: ``inputs.PER_TOKEN``);
 4. embed the shrunk ids and write the features into the placeholder rows,
    then call the stock ``forward`` / ``generate`` with ``inputs_embeds``.
 
@@ -373,8 +374,9 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     Parameters
     ----------
     model : transformers model
-        ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration`` or
-        ``LlavaNextVideoForConditionalGeneration`` (matched by ``config.model_type``).
+        ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
+        ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration`` or
+        ``PaliGemmaForConditionalGeneration`` (matched by ``config.model_type``).
     text_model, tokenizer, visual_projection
         The CLIP text tower (CLIPModel or CLIPTextModelWithProjection), its tokenizer and the
         CLIP ``visual_projection`` of the checkpoint whose vision tower the LVLM uses (LLaVA

@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import re
 
+from .. import ops
 from ._towers import config_get, find_tower, model_part
 from .lvlm import FamilyAdapter, Modality, register_adapter
 from .views import view_reports
@@ -100,9 +101,12 @@ class PaliGemmaAdapter(FamilyAdapter):
     def image_features(self, kwargs: dict, cond) -> tuple:
         s = self.settings
         res = self.pruner.prune(kwargs["pixel_values"], text=cond, num_retain=s.num_retain, multi_text=s.multi_text,
-                                k_per_text=s.k_per_text, order=s.order)
-        # the kept last-layer states through what the stock get_image_features applies to all M of them
-        feats = model_part(self.model, "multi_modal_projector")(self.tower().post_layernorm(res.tokens))
+                                k_per_text=s.k_per_text, order=s.order, return_tokens=False, return_capture=True)
+        # the kept rows of the last layer's own output (``capture.hidden``, never post-layernormed: the pruner's
+        # ``tokens`` follow the installed version's hidden_states[-1], which 4.5x returns post-layernormed), through
+        # what the stock get_image_features applies to all M of them
+        kept = ops.gather_tokens(res.capture.hidden, res.indices)
+        feats = model_part(self.model, "multi_modal_projector")(self.tower().post_layernorm(kept))
         divisor = feature_divisor(self.model)
         if divisor is not None:
             feats = feats / divisor

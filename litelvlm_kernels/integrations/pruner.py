@@ -43,9 +43,10 @@ from .text import (
 @dataclasses.dataclass
 class HFPruneResult:
     """indices [B, R'] int64 (into the M patch tokens), tokens [B, R', Dv] (kept
-    rows of the stock select-layer features ``VisionCapture.features``, or None with return_tokens=False), num_similarity [B]
-    int32, from_similarity [B, R'] bool, the TextCondition used and, with
-    ``return_capture=True``, the VisionCapture."""
+    rows of the stock select-layer features ``VisionCapture.features``, or None
+    with return_tokens=False), num_similarity [B] int32, from_similarity [B, R']
+    bool, the TextCondition used and, with ``return_capture=True``, the
+    VisionCapture."""
 
     indices: torch.Tensor
     tokens: torch.Tensor | None
