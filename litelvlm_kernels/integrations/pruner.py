@@ -209,17 +209,21 @@ class LiteLVLMPruner:
 
     # Read through the modules at every use, so .to(), .half() or
     # load_state_dict(assign=True) after construction are seen.
+    def _projection(self) -> tuple:
+        """(proj_weight, proj_bias) of the similarity, in one pass."""
+        if self._siglip is not None:
+            return SG.fold_params(self._siglip)
+        return projection_weight(self._visual_projection, "visual_projection"), None
+
     @property
     def proj_weight(self) -> torch.Tensor:
         """[P, Dv] visual projection weight (SigLIP: W_o W_v of the pooling head, fp32)."""
-        if self._siglip is not None:
-            return SG.fold_params(self._siglip)[0]
-        return projection_weight(self._visual_projection, "visual_projection")
+        return self._projection()[0]
 
     @property
     def proj_bias(self) -> torch.Tensor | None:
         """[P] bias of the projection: None for CLIP, W_o b_v + b_o for SigLIP (fp32)."""
-        return None if self._siglip is None else SG.fold_params(self._siglip)[1]
+        return self._projection()[1]
 
     @property
     def _post_layernorm(self) -> torch.nn.Module:
@@ -356,11 +360,11 @@ class LiteLVLMPruner:
             grouped = pad_groups(flat, counts) if max(counts) > 0 else flat.new_zeros(len(counts), 0, flat.shape[-1])
             num = torch.tensor(counts, dtype=torch.int64)
 
-        dev = self.proj_weight.device
-        grouped = grouped.detach().to(dev)
-        bias = self.proj_bias
-        folded = fold_text(grouped, self.proj_weight.detach(), self.ln_weight.detach(), self.ln_bias.detach(),
+        proj, bias = self._projection()  # SigLIP's W_o W_v is a D^3 product: formed once per fold
+        grouped = grouped.detach().to(proj.device)
+        folded = fold_text(grouped, proj.detach(), self.ln_weight.detach(), self.ln_bias.detach(),
                            proj_bias=None if bias is None else bias.detach())
+        dev = proj.device
         cond = TextCondition(text_embeds=grouped, num_texts=num.to(dev), folded=oriented(folded, similarity_keep),
                              similarity_keep=similarity_keep)
         self._cache.put(key if self.cache_size > 0 else None, cond)
