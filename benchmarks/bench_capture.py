@@ -25,11 +25,10 @@ Towers (random weights, fp32): ``tiny`` is the tests' CLIP (64 px, patch 8,
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from .common import RESULTS_DIR, device_slug, make_row, markdown_table, measure, write_rows
+from .common import make_row, markdown_table, measure, write_report
 
 TOWERS = {
     "tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
@@ -124,13 +123,11 @@ def main(argv=None):
     table = markdown_table(rows, ["tower", "B", "provider", "p50_ms", "p20_ms", "p80_ms", "vs_stock"])
     print(table)
     if not args.no_write:
-        print("wrote", write_rows(rows, "capture"))
-        md = os.path.join(RESULTS_DIR, f"capture-{device_slug('cpu')}.md")
-        with open(md, "w") as f:
-            f.write(f"# Vision capture on {rows[0]['device']} (commit {rows[0]['commit']})\n\n"
-                    "`python -m benchmarks.bench_capture`: one call each, interleaved rounds; times in ms. "
-                    "`vs_stock`: p50 over the stock forward's p50.\n\n" + table + "\n")
-        print("wrote", md)
+        for path in write_report(
+                rows, "capture", "Vision capture",
+                "`python -m benchmarks.bench_capture`: one call each, interleaved rounds; times in ms. "
+                "`vs_stock`: p50 over the stock forward's p50.", table):
+            print("wrote", path)
     return rows
 
 

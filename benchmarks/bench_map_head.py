@@ -26,14 +26,13 @@ Rows go to ``benchmarks/results/map-head-<device>.json``, the table to ``map-hea
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
 from litelvlm_kernels import head_qkv, map_contribution
 from litelvlm_kernels.ops import cls_contribution
 
-from .common import RESULTS_DIR, device_slug, make_row, markdown_table, measure, write_rows
+from .common import make_row, markdown_table, measure, write_report
 
 SIGLIP = {"full": dict(model="siglip-so400m-384", M=729, D=1152, H=16),
           "quick": dict(model="tiny-siglip", M=49, D=64, H=4)}
@@ -101,15 +100,12 @@ def main(argv=None):
                                   "macs", "gmacs_per_s"])
     print(table)
     if not args.no_write:
-        print("wrote", write_rows(rows, "map-head"))
-        md = os.path.join(RESULTS_DIR, f"map-head-{device_slug('cpu')}.md")
-        with open(md, "w") as f:
-            f.write(f"# SigLIP pooling-head contribution on {rows[0]['device']} (commit {rows[0]['commit']})\n\n"
-                    f"`python -m benchmarks.bench_map_head --threads {args.threads} --rounds {args.rounds}`: "
-                    "fp32, one call each, interleaved rounds (median); times in ms, `per_view_ms` = p50 / B. "
-                    "`macs`: multiply-adds of the call's matrix products. docs/design.md section 10.\n\n"
-                    + table + "\n")
-        print("wrote", md)
+        for path in write_report(
+                rows, "map-head", "SigLIP pooling-head contribution",
+                f"`python -m benchmarks.bench_map_head --threads {args.threads} --rounds {args.rounds}`: "
+                "fp32, one call each, interleaved rounds (median); times in ms, `per_view_ms` = p50 / B. "
+                "`macs`: multiply-adds of the call's matrix products. docs/design.md section 10.", table):
+            print("wrote", path)
     return rows
 
 

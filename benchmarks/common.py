@@ -133,6 +133,17 @@ def write_rows(rows: Iterable[dict], name: str, device="cpu", directory: str = R
     return path
 
 
+def write_report(rows: List[dict], name: str, title: str, blurb: str, table: str, device="cpu",
+                 directory: str = RESULTS_DIR) -> List[str]:
+    """Write ``<name>-<device slug>.json`` (the rows) and ``.md`` ("# <title> on <device> (commit ...)", the
+    blurb, the table); returns both paths."""
+    path = write_rows(rows, name, device, directory)
+    md = os.path.join(directory, f"{name}-{device_slug(device)}.md")
+    with open(md, "w") as f:
+        f.write(f"# {title} on {rows[0]['device']} (commit {rows[0]['commit']})\n\n{blurb}\n\n{table}\n")
+    return [path, md]
+
+
 def markdown_table(rows: Iterable[dict], columns: List[str]) -> str:
     """A plain markdown table of the given columns (shape dicts are flattened)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

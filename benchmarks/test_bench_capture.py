@@ -25,7 +25,7 @@ def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch):
         fn()
         return {"p50_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}
 
-    monkeypatch.setattr(bench_capture, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(bench_capture, "write_report", lambda *a, **k: pytest.fail("--no-write wrote a report"))
     monkeypatch.setattr(bench_capture, "measure", once)
     rows = bench_capture.main(["--towers", "tiny", "--rounds", "1", "--no-write"])
     assert {r["provider"] for r in rows} == {"stock", "hooked", "hook-free", "hook-free-full"}

@@ -23,7 +23,7 @@ def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch):
         fn()
         return {"p50_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}
 
-    monkeypatch.setattr(bench_map_head, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(bench_map_head, "write_report", lambda *a, **k: pytest.fail("--no-write wrote a report"))
     monkeypatch.setattr(bench_map_head, "measure", once)
     threads = torch.get_num_threads()
     try:

@@ -10,7 +10,6 @@ another selection gives other tokens.
 from __future__ import annotations
 
 import copy
-import threading
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ pytest.importorskip("transformers")
 import _lvlm_models as lm  # noqa: E402
 import transformers  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
+from _threads import run_in_threads  # noqa: E402
 
 from litelvlm_kernels.integrations.hf import LiteLVLMPruner, vision_tower  # noqa: E402
 
@@ -40,27 +40,6 @@ def batch():
 
 
 enable, greedy = lm.enable, lm.greedy
-
-
-def run_in_threads(fn, jobs: list, threads: int = 2) -> list:
-    """fn(job) for every job, ``threads`` workers taking jobs round-robin; exceptions are re-raised."""
-    out, errors = [None] * len(jobs), []
-
-    def work(start):
-        try:
-            for i in range(start, len(jobs), threads):
-                out[i] = fn(jobs[i])
-        except BaseException as exc:  # noqa: B036 - handed back to the test thread
-            errors.append(exc)
-
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
 
 
 # --------------------------------------------------------------------------- threads

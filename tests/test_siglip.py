@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 
 import _lvlm_models as lm  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
+from _threads import run_in_threads  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
 from litelvlm_kernels.integrations._towers import find_tower  # noqa: E402
@@ -225,3 +226,21 @@ def test_deepcopy_keeps_its_own_head(model, batch):
         got = twin(**batch, referring_expressions=EXPRS).logits
     assert torch.equal(got, want)
     patch.disable()
+
+
+def test_shared_by_threads_equals_serial(model, batch, pruner):
+    """A SigLIP pruner and a patched SigLIP LLaVA shared by 2 threads (the server pattern): every call as serial."""
+    inputs = [(lm.pixels(1, 3, tl.IMAGE, tl.IMAGE, seed=s), e) for s, e in ((5, ["the cat"]), (6, ["a red car"]))]
+    calls = [(batch, EXPRS), (dict(batch, pixel_values=lm.pixels(3, 3, tl.IMAGE, tl.IMAGE, seed=9)),
+                              [["the sky"], ["a dog", "the tree"]])]
+    with torch.no_grad():
+        serial = [pruner.prune(px, texts=e, num_retain=8).indices for px, e in inputs]
+        got = run_in_threads(lambda i: pruner.prune(inputs[i][0], texts=inputs[i][1], num_retain=8).indices,
+                             [i % 2 for i in range(100)])
+        with lm.enable(model, num_retain=12):
+            serial_logits = [model(**kw, referring_expressions=e).logits for kw, e in calls]
+            logits = run_in_threads(lambda j: model(**calls[j][0], referring_expressions=calls[j][1]).logits,
+                                    [i % 2 for i in range(40)])
+    assert not torch.equal(serial[0], serial[1]) and not torch.equal(serial_logits[0], serial_logits[1])
+    assert all(torch.equal(g, serial[i % 2]) for i, g in enumerate(got))
+    assert all(torch.equal(g, serial_logits[i % 2]) for i, g in enumerate(logits))
