@@ -16,9 +16,20 @@ load from other processes hits all alike:
 - ``hook-free-full``: ``capture_vision(stop_early=False)``, which also runs
   the last layer (what ``select_layer=-1`` needs).
 
+SigLIP towers (no [CLS]; ``integrations/siglip.py``), as LLaVA-OneVision runs
+them: the LVLM's tower stops one layer before the original's last, and the
+capture adds that layer, the post-layernorm and the pooling head's k / v
+(and the contribution) from the original checkpoint:
+
+- ``stock``: the LVLM tower (L - 1 layers), ``output_hidden_states=True``;
+- ``litelvlm-exact`` / ``litelvlm-heads``: ``LiteLVLMPruner.capture`` with
+  ``head_contribution="exact"`` / ``"heads"`` (docs/design.md section 10).
+
 Towers (random weights, fp32): ``tiny`` is the tests' CLIP (64 px, patch 8,
 3 layers, width 64); ``vit-l`` is CLIP ViT-L/14-336 shaped (336 px, patch 14,
-24 layers, width 1024, 16 heads, MLP 4096). Rows go to
+24 layers, width 1024, 16 heads, MLP 4096); ``siglip-tiny`` the tests' SigLIP
+shape; ``so400m`` SigLIP so400m-patch14-384 shaped (384 px, patch 14: 729
+patches, 27 layers, width 1152, 16 heads, MLP 4304). Rows go to
 ``benchmarks/results/capture-<device>.json`` and the table to ``capture-<device>.md``.
 """
 
@@ -35,7 +46,12 @@ TOWERS = {
                  num_attention_heads=4),
     "vit-l": dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                   num_attention_heads=16),
+    "siglip-tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                        num_attention_heads=4),
+    "so400m": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                   num_attention_heads=16),
 }
+SIGLIP = ("siglip-tiny", "so400m")
 
 
 class _Done(Exception):
@@ -83,6 +99,26 @@ def providers(vision, px):
     }
 
 
+def siglip_providers(name: str, px, seed: int = 0):
+    """The LVLM tower (the original's first L - 1 layers, no head) and the pruner's captures on it."""
+    import transformers
+
+    from litelvlm_kernels.integrations.hf import LiteLVLMPruner
+
+    torch.manual_seed(seed)
+    original = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**TOWERS[name])).eval()
+    lvlm_cfg = dict(TOWERS[name], num_hidden_layers=TOWERS[name]["num_hidden_layers"] - 1, vision_use_head=False)
+    tower = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**lvlm_cfg)).eval()
+    tower.load_state_dict(original.state_dict(), strict=False)  # the same first L - 1 layers
+    pruners = {mode: LiteLVLMPruner(tower, vision_head=original, select_layer=-1, head_contribution=mode)
+               for mode in ("exact", "heads")}
+    return tower, {
+        "stock": lambda: tower(px, output_hidden_states=True),
+        "litelvlm-exact": lambda: pruners["exact"].capture(px),
+        "litelvlm-heads": lambda: pruners["heads"].capture(px),
+    }
+
+
 def build(name: str, seed: int = 0):
     import transformers
 
@@ -102,14 +138,15 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.towers:
-        vision = build(name)
-        cfg = vision.config
-        px = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
-        shape = {"tower": name, "B": args.batch, "layers": cfg.num_hidden_layers, "width": cfg.hidden_size,
-                 "tokens": (cfg.image_size // cfg.patch_size) ** 2 + 1}
-        runs = providers(vision, px)
+        cfg = TOWERS[name]
+        px = torch.randn(args.batch, 3, cfg["image_size"], cfg["image_size"],
+                         generator=torch.Generator().manual_seed(1))
+        cls = 0 if name in SIGLIP else 1
+        shape = {"tower": name, "B": args.batch, "layers": cfg["num_hidden_layers"], "width": cfg["hidden_size"],
+                 "tokens": (cfg["image_size"] // cfg["patch_size"]) ** 2 + cls}
+        runs = siglip_providers(name, px)[1] if name in SIGLIP else providers(build(name), px)
         per_round = {k: [] for k in runs}
-        min_runs = 10 if name == "tiny" else 3
+        min_runs = 10 if "tiny" in name else 3
         with torch.inference_mode():
             for _ in range(args.rounds):
                 for k, fn in runs.items():
