@@ -162,8 +162,9 @@ def main(argv=None):
     if not args.no_write:
         for path in write_report(
                 rows, "capture", "Vision capture",
-                "`python -m benchmarks.bench_capture`: one call each, interleaved rounds; times in ms. "
-                "`vs_stock`: p50 over the stock forward's p50.", table):
+                f"`python -m benchmarks.bench_capture --towers {' '.join(args.towers)} --batch {args.batch} "
+                f"--threads {torch.get_num_threads()} --rounds {args.rounds}`: fp32, one call each, interleaved "
+                "rounds (median); times in ms. `vs_stock`: p50 over the stock forward's p50.", table):
             print("wrote", path)
     return rows
 
