@@ -90,14 +90,16 @@ def measure(fn: Callable[[], object], device, *, cuda_graph: bool = False,
 
 def git_commit() -> str:
     """The repository's HEAD (short), with "-dirty" when tracked files differ from it: every row names the code
-    it measured."""
+    it measured. Results files (benchmarks/results/) are outputs, not code: one benchmark's fresh rows do not
+    make the next benchmark of the same run "dirty"."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
