@@ -244,3 +244,11 @@ def test_shared_by_threads_equals_serial(model, batch, pruner):
     assert not torch.equal(serial[0], serial[1]) and not torch.equal(serial_logits[0], serial_logits[1])
     assert all(torch.equal(g, serial[i % 2]) for i, g in enumerate(got))
     assert all(torch.equal(g, serial_logits[i % 2]) for i, g in enumerate(logits))
+
+
+def test_torch_compile_of_a_patched_model(model, batch):
+    """torch.compile over the patched SigLIP LLaVA (capture, head contribution, ops) gives the eager logits."""
+    with torch.no_grad(), lm.enable(model, num_retain=12):
+        eager = model(**batch, referring_expressions=EXPRS).logits
+        got = torch.compile(model, backend="aot_eager")(**batch, referring_expressions=EXPRS).logits
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
