@@ -76,6 +76,19 @@ def test_next_keep_all_equals_stock(next_model, next_batch):
             assert patch.last_report["image"]["stock"] == [len(t) for t in tags]  # exact placeholder counts
 
 
+def test_concatenated_views_as_stock(next_model, next_batch):
+    """pixel_values [sum V, 3, H, W] (each image's views concatenated, which the stock model also takes) gives the
+    same pruned logits as the padded [N, V_max, 3, H, W]; a wrong view count is named."""
+    batch, V, _ = next_batch
+    flat = torch.cat([batch["pixel_values"][i, :v] for i, v in enumerate(V)])
+    with torch.no_grad(), enable(next_model, num_retain=8):
+        want = next_model(**batch, referring_expressions=EXPRS).logits
+        got = next_model(**dict(batch, pixel_values=flat), referring_expressions=EXPRS).logits
+        with pytest.raises(ValueError, match="pixel_values: .* views"):
+            next_model(**dict(batch, pixel_values=flat[:-1]), referring_expressions=EXPRS)
+    assert torch.equal(got, want)
+
+
 def reference_kept(model, px_views, e, valid, R, joint):
     """Reference selection over an image's views: set of kept tags (view * M + token + 1)."""
     hidden = lm.select_layer_states(model, px_views)

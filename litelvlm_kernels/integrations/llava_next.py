@@ -87,12 +87,20 @@ class LlavaNextAdapter(FamilyAdapter):
                          self.image_features, pixel_dims=(4, 5))]
 
     def _check_sizes(self, kwargs) -> list:
+        """Geometry per image; pixel_values as the stock model takes them: [N, V_max, 3, H, W] (views padded per
+        image) or [sum V, 3, H, W] (each image's views concatenated, counted from image_sizes)."""
         sizes = kwargs.get("image_sizes")
         px = kwargs["pixel_values"]
-        if sizes is None or len(sizes) != px.shape[0]:
+        if sizes is None or (px.dim() == 5 and len(sizes) != px.shape[0]):
             raise ValueError(f"image_sizes: one (height, width) per image needed, got "
                              f"{None if sizes is None else len(sizes)} for {px.shape[0]} images")
-        return [self.geometry(sz) for sz in sizes]
+        geos = [self.geometry(sz) for sz in sizes]
+        views = [geo["views"] for geo in geos]
+        if px.dim() == 5 and px.shape[1] < max(views, default=0):
+            raise ValueError(f"pixel_values: {px.shape[1]} views per image, but image_sizes need up to {max(views)}")
+        if px.dim() == 4 and px.shape[0] != sum(views):
+            raise ValueError(f"pixel_values: {px.shape[0]} views, but image_sizes need {sum(views)} ({views})")
+        return geos
 
     def valid_mask(self, geo) -> torch.Tensor:
         """[views, M] bool: which tokens of each view survive the unpadding (the base view: all)."""
