@@ -50,7 +50,7 @@ import torch
 
 import litelvlm_kernels as lk
 import litelvlm_kernels.ops  # noqa: F401  (registers torch.ops.litelvlm)
-from benchmarks.common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
+from benchmarks.common import copy_bandwidth_gbs, git_commit, make_row, markdown_table, measure, write_rows
 from benchmarks.release_rule import release_prune
 from litelvlm_kernels import reference
 from litelvlm_kernels.synthetic import CLIP_L14_336, clip_inputs
@@ -231,6 +231,7 @@ def main(argv=None) -> int:
                                       "speedup_vs_release"])
         with open(path[: -len(".json")] + ".md", "w") as f:
             f.write(f"select + gather, {rows[0]['device'] if rows else device}, {dtype}, torch {torch.__version__}, "
+                    f"commit {rows[0]['commit'] if rows else git_commit()}, "
                     f"{args.rounds} interleaved rounds (median); release = benchmarks/release_rule.py"
                     + ("; THP_MEM_ALLOC_ENABLE=1" if THP and not cuda else "") + "\n\n"
                     f"{table}\n")
