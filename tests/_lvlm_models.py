@@ -186,3 +186,17 @@ def paligemma(attn: str = "sdpa", llm_std: float | None = None):
 def onevision(attn: str = "sdpa", llm_std: float | None = None):
     """The tiny LlavaOnevisionForConditionalGeneration on siglip()'s tower (its last layer dropped, "full")."""
     return tl.tiny_onevision(siglip(), attn=attn, llm_std=llm_std)
+
+
+def video_reference(feats, s, c, R: int, video_budget: str):
+    """The reference's kept tokens of one video: feats [F, P, H] (the stock per-frame features), s [F, T, P],
+    c [F, P]. "per_frame": R' per frame; "per_clip": R' over all frames, contributions as per-frame shares
+    (views.py). Returns (kept features [n, H] in frame then raster order, kept flat indices f * P + t)."""
+    F_, P = c.shape
+    if video_budget == "per_frame":
+        idx, _, _ = reference.select(s, c, R, order="spatial")
+        return (torch.cat([feats[f, idx[f]] for f in range(F_)]),
+                {f * P + int(t) for f in range(F_) for t in idx[f]})
+    share = c / c.sum(1, keepdim=True)
+    idx, _, _ = reference.select(s.permute(1, 0, 2).flatten(1)[None], share.flatten()[None], R, order="spatial")
+    return feats.flatten(0, 1)[idx[0]], set(idx[0].tolist())

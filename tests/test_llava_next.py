@@ -213,16 +213,9 @@ def test_video_pruned_equals_hand_built(video_model, video_batch, video_budget, 
             fr = slice(b * FRAMES, (b + 1) * FRAMES)
             s, c = lm.scores(pooled[fr], frames[fr], [e] if isinstance(e, str) else e)
             c = F.avg_pool2d(c.view(-1, 1, g, g), stride, stride).flatten(1)  # a pooled token: mean of its patches
-            if video_budget == "per_frame":
-                idx, _, _ = reference.select(s, c, R, order="spatial")
-                hand += [feats[fr][f, idx[f]] for f in range(FRAMES)]
-                kept.append({f * P + int(t) for f in range(FRAMES) for t in idx[f]})
-            else:
-                share = c / c.sum(1, keepdim=True)
-                idx, _, _ = reference.select(s.permute(1, 0, 2).flatten(1)[None], share.flatten()[None], R,
-                                             order="spatial")
-                hand.append(feats[fr].flatten(0, 1)[idx[0]])
-                kept.append(set(idx[0].tolist()))
+            mine, chosen = lm.video_reference(feats[fr], s, c, R, video_budget)
+            hand.append(mine)
+            kept.append(chosen)
         n = R * FRAMES if video_budget == "per_frame" else R
         ids, mask = tl.prompt_ids([1, 1], [(tl.VIDEO_TOKEN, n)] * 2)
         embeds = lm.embed_merge(video_model, ids, tl.VIDEO_TOKEN, torch.cat(hand))

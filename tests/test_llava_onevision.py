@@ -311,16 +311,9 @@ def test_video_pruned_equals_hand_built(model, video, video_budget, R, newline):
             s, c = lm.siglip_scores(states[fr], frames[fr], [e] if isinstance(e, str) else e)
             maps = pool(torch.cat([s.transpose(1, 2), c[..., None]], -1))   # the same pooling as the features
             s, c = maps[..., :-1].transpose(1, 2), maps[..., -1]
-            if video_budget == "per_frame":
-                idx, _, _ = reference.select(s, c, R, order="spatial")
-                hand += [feats[fr][f, idx[f]] for f in range(FRAMES)]
-                kept.append({f * P + int(t) for f in range(FRAMES) for t in idx[f]})
-            else:
-                share = c / c.sum(1, keepdim=True)
-                idx, _, _ = reference.select(s.permute(1, 0, 2).flatten(1)[None], share.flatten()[None], R,
-                                             order="spatial")
-                hand.append(feats[fr].flatten(0, 1)[idx[0]])
-                kept.append(set(idx[0].tolist()))
+            mine, chosen = lm.video_reference(feats[fr], s, c, R, video_budget)
+            hand.append(mine)
+            kept.append(chosen)
             if newline != "none":
                 hand.append(nl)
         n = (R * FRAMES if video_budget == "per_frame" else R) + (newline != "none")
