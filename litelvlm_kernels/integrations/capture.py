@@ -109,6 +109,14 @@ def run_layer(layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
     return layer_output(layer(h, None))
 
 
+def embed(tower: torch.nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
+    """The tower's patch (+ position) embeddings, as its forward computes them (CLIP and SigLIP alike)."""
+    # transformers < 4.47 embeddings take no interpolate_pos_encoding: pass it only when asked for
+    if interpolate_pos_encoding:
+        return tower.embeddings(pixel_values, interpolate_pos_encoding=True)
+    return tower.embeddings(pixel_values)
+
+
 def check_pixels(pixel_values, vision_config, name: str, dims: tuple = (4,)) -> None:
     """A floating [..., C, H, W] tensor with C = the tower's channels and at least one image, or a named error."""
     if not isinstance(pixel_values, torch.Tensor):
@@ -164,10 +172,7 @@ def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *,
     layers = tower.encoder.layers
     L = len(layers)
     idx = normalise_layer(select_layer, L)
-    # transformers < 4.47 embeddings take no interpolate_pos_encoding: pass it only when asked for
-    embedded = (tower.embeddings(pixel_values, interpolate_pos_encoding=True) if interpolate_pos_encoding
-                else tower.embeddings(pixel_values))
-    h = tower.pre_layrnorm(embedded)
+    h = tower.pre_layrnorm(embed(tower, pixel_values, interpolate_pos_encoding))
     selected = h if idx == 0 else None
     for i in range(L - 1):
         h = run_layer(layers[i], h)

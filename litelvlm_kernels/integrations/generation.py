@@ -33,9 +33,9 @@ try:  # the base classes only mark the wrappers for readers and type checks; tra
 except ImportError:  # pragma: no cover - integrations.hf already requires transformers
     LogitsProcessor = StoppingCriteria = BaseStreamer = object
 
-CACHE_KEYS = ("past_key_values", "cache")
+CACHE_KEYS = ("past_key_values", "cache")  # transformers 5.2x renames past_key_values -> cache in generate()
 # per-token arguments besides the mask that a later turn continues (its prefix part taken from the shrunk prefill)
-CONTINUED_FIELDS = ("token_type_ids",)  # transformers 5.2x renames past_key_values -> cache in generate()
+CONTINUED_FIELDS = ("token_type_ids",)
 _RECORD_ATTR = "_litelvlm_prefix"
 
 

@@ -56,6 +56,7 @@ from .generation import (
 from .inputs import check_inputs, pixel_keys, prepare_inputs
 from .pruner import LiteLVLMPruner
 from .siglip import is_siglip_tower
+from .text import SIMILARITY_KEEP
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
 
@@ -82,7 +83,7 @@ def _adapter_for(model) -> type:
 
 
 _CHOICES = {"order": ("official", "spatial"), "missing_expressions": ("error", "cls"),
-            "similarity_keep": ("lowest", "highest"),
+            "similarity_keep": SIMILARITY_KEEP,
             "budget": ("per_tile", "global"), "image_newline": ("kept_rows", "all", "none"),
             "video_budget": ("per_frame", "per_clip")}
 

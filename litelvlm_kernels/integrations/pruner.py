@@ -277,7 +277,8 @@ class LiteLVLMPruner:
         if flat_texts is not None:
             input_ids, attention_mask = self._tokenize(flat_texts) if flat_texts else (None, None)
         if input_ids is None or input_ids.shape[0] == 0:  # no texts at all: T = 0, pure context selection
-            return self.proj_weight.new_zeros(0, self.proj_weight.shape[0])
+            proj = self.proj_weight  # SigLIP: a D^3 product, formed once
+            return proj.new_zeros(0, proj.shape[0])
         dev = next(self.text_model.parameters()).device
         with torch.no_grad():
             if self._siglip is not None:

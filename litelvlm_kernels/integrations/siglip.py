@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._towers import find_tower
-from .capture import VisionCapture, check_pixels, normalise_layer, run_layer
+from .capture import VisionCapture, check_pixels, embed, normalise_layer, run_layer
 
 
 def is_siglip_tower(tower: torch.nn.Module) -> bool:
@@ -117,8 +117,7 @@ def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values
     check_pixels(pixel_values, tower.config, "pixel_values")
     layers = tower.encoder.layers
     idx = normalise_layer(select_layer, len(layers))
-    h = (tower.embeddings(pixel_values, interpolate_pos_encoding=True) if interpolate_pos_encoding
-         else tower.embeddings(pixel_values))
+    h = embed(tower, pixel_values, interpolate_pos_encoding)
     selected = h if idx == 0 else None
     for i, layer in enumerate(layers):
         h = run_layer(layer, h)
