@@ -30,7 +30,9 @@ Towers (random weights, fp32): ``tiny`` is the tests' CLIP (64 px, patch 8,
 24 layers, width 1024, 16 heads, MLP 4096); ``siglip-tiny`` the tests' SigLIP
 shape; ``so400m`` SigLIP so400m-patch14-384 shaped (384 px, patch 14: 729
 patches, 27 layers, width 1152, 16 heads, MLP 4304). Rows go to
-``benchmarks/results/capture-<device>.json`` and the table to ``capture-<device>.md``.
+``capture-<device>.json`` and the table to ``capture-<device>.md`` in the output folder
+(``benchmarks/out/``, git-ignored, by default;
+``--out DIR``; ``--publish``: ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import argparse
 
 import torch
 
-from .common import make_row, markdown_table, measure, write_report
+from .common import add_output_args, make_row, markdown_table, measure, output_dir, write_report
 
 TOWERS = {
     "tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
@@ -133,7 +135,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median of the rounds' quantiles)")
     p.add_argument("--no-write", action="store_true")
+    add_output_args(p)
     args = p.parse_args(argv)
+    out = output_dir(p, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -164,7 +168,7 @@ def main(argv=None):
                 rows, "capture", "Vision capture",
                 f"`python -m benchmarks.bench_capture --towers {' '.join(args.towers)} --batch {args.batch} "
                 f"--threads {torch.get_num_threads()} --rounds {args.rounds}`: fp32, one call each, interleaved "
-                "rounds (median); times in ms. `vs_stock`: p50 over the stock forward's p50.", table):
+                "rounds (median); times in ms. `vs_stock`: p50 over the stock forward's p50.", table, directory=out):
             print("wrote", path)
     return rows
 

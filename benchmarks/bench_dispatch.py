@@ -14,7 +14,9 @@ costs before any work: Python, the dispatcher, argument checks, output allocatio
   op and the gather.
 
 Targets (issue 13): fused_select <= 25 us and prune <= 60 us per call on the CPU.
-Rows go to ``benchmarks/results/dispatch-<device>.json``.
+Rows go to ``dispatch-<device>.json`` in the output folder
+(``benchmarks/out/``, git-ignored, by default;
+``--out DIR``; ``--publish``: ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import litelvlm_kernels as lk
 from litelvlm_kernels.ops import _torch_select as TS
 from litelvlm_kernels.synthetic import clip_inputs
 
-from .common import make_row, markdown_table, measure, write_rows
+from .common import add_output_args, make_row, markdown_table, measure, output_dir, write_rows
 
 SHAPE = {"B": 1, "T": 2, "M": 16, "Dv": 16, "D": 16, "P": 16, "R": 8}
 
@@ -68,7 +70,9 @@ def main(argv=None):
                    help="CPU threads (1: a busy second core makes parallel ops wait, hiding the host cost)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median of the rounds' quantiles)")
     p.add_argument("--no-write", action="store_true")
+    add_output_args(p)
     args = p.parse_args(argv)
+    out = output_dir(p, args)
     torch.set_num_threads(args.threads)
     rows = []
     for op, providers in cases(args.device).items():
@@ -83,7 +87,7 @@ def main(argv=None):
                                  threads=torch.get_num_threads()))
     print(markdown_table(rows, ["op", "provider", "p50_us", "p20_ms", "p80_ms"]))
     if not args.no_write:
-        print("wrote", write_rows(rows, "dispatch", args.device))
+        print("wrote", write_rows(rows, "dispatch", args.device, directory=out))
     return rows
 
 

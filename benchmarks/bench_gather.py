@@ -24,10 +24,11 @@ carries GB/s (bytes read + written: 2 * B*R*C*itemsize + indices) and the
 percentage of a device-to-device copy measured in the same run (docs/design.md
 section 7's 100% mark).
 
-Writes ``benchmarks/results/gather-<device>.json`` (long format, one row per
+Writes ``gather-<device>.json`` (long format, one row per
 provider and shape; ``vs_index_select`` = t(index_select) / t(provider), with
 index_select's out= for the out= rows, so >= 0.95 meets the CPU target) and
-prints a markdown table.
+prints a markdown table. Output folder: ``benchmarks/out/`` (git-ignored) by default,
+``--out DIR``, or ``--publish`` for ``benchmarks/results/`` (refused with ``--quick``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 
 from litelvlm_kernels.ops.gather_tokens import gather_tokens
 
-from .common import copy_bandwidth_gbs, make_row, markdown_table, measure, write_rows
+from .common import add_output_args, copy_bandwidth_gbs, make_row, markdown_table, measure, output_dir, write_rows
 
 M = 576  # CLIP ViT-L/14-336 patch tokens (docs/design.md section 6)
 
@@ -164,7 +165,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="3 shapes, fp16 only")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs (default 2)")
     p.add_argument("--no-write", action="store_true", help="print only, write no JSON")
+    add_output_args(p)
     args = p.parse_args(argv)
+    out = output_dir(p, args, "--quick" if args.quick else None)
     torch.set_num_threads(args.threads)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.float32]
@@ -177,7 +180,7 @@ def main(argv=None):
         print(f"\n## gather_tokens on {rows[0]['device']}, M={M}, int64 indices\n")
         print(markdown_table(rows, cols))
         if not args.no_write:
-            print("\nwrote", write_rows(rows, "gather", device=device))
+            print("\nwrote", write_rows(rows, "gather", device=device, directory=out))
 
 
 if __name__ == "__main__":

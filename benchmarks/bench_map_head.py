@@ -20,7 +20,9 @@ Shapes: SigLIP so400m-patch14-384 (M = 729, D = 1152, H = 16) and CLIP ViT-L/14-
 ``--quick``: tiny shapes (the smoke test). fp32, random weights (the cost does not
 depend on the values). The head is duck-typed: a probe and an ``nn.MultiheadAttention``,
 the parts of transformers' ``SiglipMultiheadAttentionPoolingHead`` that ``head_qkv`` reads.
-Rows go to ``benchmarks/results/map-head-<device>.json``, the table to ``map-head-<device>.md``.
+Rows go to ``map-head-<device>.json``, the table to ``map-head-<device>.md``, in the output folder
+(``benchmarks/out/``, git-ignored, by default;
+``--out DIR``; ``--publish``: ``benchmarks/results/``; refused with ``--quick``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from litelvlm_kernels import head_qkv, map_contribution
 from litelvlm_kernels.ops import cls_contribution
 
-from .common import make_row, markdown_table, measure, write_report
+from .common import add_output_args, make_row, markdown_table, measure, output_dir, write_report
 
 SIGLIP = {"full": dict(model="siglip-so400m-384", M=729, D=1152, H=16),
           "quick": dict(model="tiny-siglip", M=49, D=64, H=4)}
@@ -73,7 +75,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median of the rounds' quantiles)")
     p.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
     p.add_argument("--no-write", action="store_true")
+    add_output_args(p)
     args = p.parse_args(argv)
+    out = output_dir(p, args, "--quick" if args.quick else None)
     torch.set_num_threads(args.threads)
     sig, clip = SIGLIP["quick" if args.quick else "full"], CLIP["quick" if args.quick else "full"]
     head = build_head(sig["D"], sig["H"])
@@ -104,7 +108,8 @@ def main(argv=None):
                 rows, "map-head", "SigLIP pooling-head contribution",
                 f"`python -m benchmarks.bench_map_head --threads {args.threads} --rounds {args.rounds}`: "
                 "fp32, one call each, interleaved rounds (median); times in ms, `per_view_ms` = p50 / B. "
-                "`macs`: multiply-adds of the call's matrix products. docs/design.md section 10.", table):
+                "`macs`: multiply-adds of the call's matrix products. docs/design.md section 10.", table,
+                directory=out):
             print("wrote", path)
     return rows
 

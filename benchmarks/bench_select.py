@@ -22,7 +22,7 @@ CLIP ViT-L/14-336) to the kept indices AND the gathered tokens [B, R, Dv]:
 embeddings, folded inside the call) and ``ops`` at ViT-L/14-336, B in {1, 64}, R = 192 only;
 a ``read.floor`` row times one read of hidden + keys + values (a sum each: the memory floor at
 that B, same run); rows carry ``speedup_vs_release`` and ``us_per_image``, and go to
-``benchmarks/results/select-vs-release-<device>.json`` with a markdown table beside it (.md);
+``select-vs-release-<device>.json`` with a markdown table beside it (.md);
 with ``THP_MEM_ALLOC_ENABLE=1`` in the environment (torch's allocator then uses huge pages) the
 CPU files are ``select-vs-release-thp-cpu.*``.
 
@@ -36,7 +36,10 @@ shapes whose inputs exceed ``--max-gb`` are skipped (the reference's projection 
 Every row carries ``gbs`` (bytes of hidden + keys + values, read once, per second),
 ``speedup_vs_reference``, and on CUDA ``pct_of_copy``: gbs over the bandwidth of a
 device-to-device copy measured in the same run (docs/design.md section 7's 100% mark; the
-copy counts bytes read + written). Rows go to ``benchmarks/results/select-<device>.json``.
+copy counts bytes read + written). Rows go to ``select-<device>.json``.
+
+Output folder (``common.output_dir``): ``benchmarks/out/`` (git-ignored) by default, ``--out DIR``, or
+``--publish`` for ``benchmarks/results/`` (the committed rows; refused with ``--quick``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,16 @@ import torch
 
 import litelvlm_kernels as lk
 import litelvlm_kernels.ops  # noqa: F401  (registers torch.ops.litelvlm)
-from benchmarks.common import copy_bandwidth_gbs, git_commit, make_row, markdown_table, measure, write_rows
+from benchmarks.common import (
+    add_output_args,
+    copy_bandwidth_gbs,
+    git_commit,
+    make_row,
+    markdown_table,
+    measure,
+    output_dir,
+    write_rows,
+)
 from benchmarks.release_rule import release_prune
 from litelvlm_kernels import reference
 from litelvlm_kernels.synthetic import CLIP_L14_336, clip_inputs
@@ -143,7 +155,9 @@ def main(argv=None) -> int:
                          "writes select-vs-release-<device>.json and .md")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds per shape (default 3 on the CPU, 1 on CUDA)")
+    add_output_args(ap)
     args = ap.parse_args(argv)
+    out = output_dir(ap, args, "--quick" if args.quick else None)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -226,7 +240,8 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     if args.vs_release:
-        path = write_rows(rows, "select-vs-release" + ("-thp" if THP and not cuda else ""), device=device)
+        path = write_rows(rows, "select-vs-release" + ("-thp" if THP and not cuda else ""), device=device,
+                          directory=out)
         table = markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "p20_ms", "p80_ms", "us_per_image", "gbs",
                                       "speedup_vs_release"])
         with open(path[: -len(".json")] + ".md", "w") as f:
@@ -238,7 +253,7 @@ def main(argv=None) -> int:
         print(table)
         print(f"wrote {len(rows)} rows to {path} and its .md table")
         return 0
-    path = write_rows(rows, "select", device=device)
+    path = write_rows(rows, "select", device=device, directory=out)
     print(markdown_table(rows, ["provider", "B", "M", "R", "p50_ms", "gbs", "speedup_vs_reference"]
                          + (["pct_of_copy"] if copy_gbs else [])))
     print(f"wrote {len(rows)} rows to {path}")

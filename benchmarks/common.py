@@ -13,12 +13,67 @@ import json
 import os
 import platform
 import re
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: The committed rows the docs quote. Only an explicit publishing command writes here (``--publish``,
+#: ``--out benchmarks/results``, ``make publish-bench``), never a quick / smoke run.
+RESULTS_DIR = os.path.join(_HERE, "results")
+#: Where every other run writes (git-ignored): a casual run cannot overwrite what the docs quote.
+OUT_DIR = os.path.join(_HERE, "out")
 QUANTILES = (0.5, 0.2, 0.8)
+
+
+def add_output_args(parser, out_help: str = "directory the rows go to") -> None:
+    """Add the mutually exclusive ``--out DIR`` and ``--publish`` options to a benchmark's parser.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The script's parser; ``output_dir`` reads the two options back.
+    out_help : str
+        What ``--out`` names, for the help text.
+    """
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help=f"{out_help} (default benchmarks/out/, git-ignored; benchmarks/results/ publishes)")
+    g.add_argument("--publish", action="store_true",
+                   help="write to benchmarks/results/: the committed rows the docs quote (never with a smoke run)")
+
+
+def publishes(path: str) -> bool:
+    """Whether ``path`` is ``RESULTS_DIR`` or inside it (symlinks and ``..`` resolved)."""
+    real, results = os.path.realpath(path), os.path.realpath(RESULTS_DIR)
+    return os.path.commonpath([real, results]) == results
+
+
+def output_dir(parser, args, smoke: Optional[str] = None) -> str:
+    """The directory a run writes: ``RESULTS_DIR`` with ``--publish``, else ``--out``, else ``OUT_DIR``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Reports a refused combination (``parser.error``: usage, message, exit status 2).
+    args : argparse.Namespace
+        Parsed options; ``publish`` (absent: False) and ``out`` (absent or None: the default) are read.
+    smoke : str, optional
+        The flag that makes this a quick / smoke run (``"--quick"``), or None for a real run. A smoke run's
+        rows never go to ``RESULTS_DIR``, whatever flag names it.
+
+    Returns
+    -------
+    str
+        The output directory (not created here).
+    """
+    publish, out = getattr(args, "publish", False), getattr(args, "out", None)
+    directory = RESULTS_DIR if publish else (out or OUT_DIR)
+    if smoke and publishes(directory):
+        given = "--publish" if publish else f"--out {out}"
+        parser.error(f"{smoke} is a smoke run: its rows never go to benchmarks/results/ ({given}); "
+                     f"drop {smoke} to publish, or write them elsewhere")
+    return directory
 
 
 def device_name(device) -> str:
@@ -125,9 +180,10 @@ def make_row(op: str, provider: str, shape: dict, dtype, timing: Dict[str, float
     return row
 
 
-def write_rows(rows: Iterable[dict], name: str, device="cpu", directory: str = RESULTS_DIR) -> str:
-    """Write rows to ``<directory>/<name>-<device slug>.json`` and return the path."""
+def write_rows(rows: Iterable[dict], name: str, device="cpu", directory: Optional[str] = None) -> str:
+    """Write rows to ``<directory>/<name>-<device slug>.json`` (default ``OUT_DIR``) and return the path."""
     rows: List[dict] = list(rows)
+    directory = directory or OUT_DIR
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}-{device_slug(device)}.json")
     with open(path, "w") as f:
@@ -136,9 +192,10 @@ def write_rows(rows: Iterable[dict], name: str, device="cpu", directory: str = R
 
 
 def write_report(rows: List[dict], name: str, title: str, blurb: str, table: str, device="cpu",
-                 directory: str = RESULTS_DIR) -> List[str]:
+                 directory: Optional[str] = None) -> List[str]:
     """Write ``<name>-<device slug>.json`` (the rows) and ``.md`` ("# <title> on <device> (commit ...)", the
-    blurb, the table); returns both paths."""
+    blurb, the table) in ``directory`` (default ``OUT_DIR``); returns both paths."""
+    directory = directory or OUT_DIR
     path = write_rows(rows, name, device, directory)
     md = os.path.join(directory, f"{name}-{device_slug(device)}.md")
     with open(md, "w") as f:
@@ -213,7 +270,7 @@ def wall_per_call(fn: Callable[[], object], device, *, calls: int = 100, repeats
 
 
 class RowSink:
-    """Rows written to ``<directory>/<name>-<device slug>.json`` as each one is added.
+    """Rows written to ``<directory>/<name>-<device slug>.json`` (default ``OUT_DIR``) as each one is added.
 
     ``append=True`` keeps the rows already in the file (another step of the same run wrote them).
 
@@ -223,7 +280,8 @@ class RowSink:
     well under a millisecond.
     """
 
-    def __init__(self, name: str, device="cpu", directory: str = RESULTS_DIR, append: bool = False):
+    def __init__(self, name: str, device="cpu", directory: Optional[str] = None, append: bool = False):
+        directory = directory or OUT_DIR
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"{name}-{device_slug(device)}.json")
         self.rows: List[dict] = []  # a fresh file by default: an older run's rows are replaced, as write_rows does

@@ -39,7 +39,7 @@ import time
 import torch
 
 from benchmarks import bench_gather, bench_prefill, bench_select
-from benchmarks.common import RowSink, make_row, measure, measure_copy, wall_per_call
+from benchmarks.common import RowSink, make_row, measure, measure_copy, output_dir, wall_per_call
 
 SELECT_SHAPE = {"T": 2, "M": 576, "Dv": 1024, "D": 1024, "P": 768, "R": 192}
 TINY_SELECT = {"T": 2, "M": 100, "Dv": 64, "D": 64, "P": 32, "R": 24}
@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=None, help="prefill: decoder layers built (times scaled per layer)")
     p.add_argument("--rep-ms", type=float, default=None, help="do_bench time per measurement")
     a = p.parse_args(argv)
+    a.out = output_dir(p, a, "--tiny" if a.tiny else None)  # tiny rows never go to benchmarks/results/
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_bench: no CUDA device", file=sys.stderr)

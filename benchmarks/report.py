@@ -1,16 +1,16 @@
 """Markdown tables and PNG plots from the benchmarks' long-format JSON rows.
 
-    python -m benchmarks.report                       # every benchmarks/results/*.json
-    python -m benchmarks.report benchmarks/results/prefill-cpu.json --per-file
-    python -m benchmarks.report --baseline select=reference --no-plots
+    python -m benchmarks.report                       # every benchmarks/out/*.json, report + plots there
+    python -m benchmarks.report --publish             # every benchmarks/results/*.json, report + plots there
+    python -m benchmarks.report benchmarks/out/prefill-cpu.json --per-file --out /tmp/rep
 
 Input: files written by ``benchmarks.common.write_rows``: a JSON list of rows
 ``{op, provider, shape: {...}, dtype, p50_ms, p20_ms, p80_ms, device, device_type,
 torch, triton, timestamp, ...extra}``. Files that are not such a list (a
 pytest-benchmark ``--benchmark-json`` dump, say) are skipped with a note.
 
-Output, by default one report per device (``--per-file``: one per input file)
-in the results directory (``--out``):
+Output, one report per device (``--per-file``: per input file) beside the rows: ``benchmarks/out/``
+(git-ignored) by default, ``benchmarks/results/`` with ``--publish`` (from rows there only), or ``--out DIR``:
 
 * ``REPORT-<device>.md``: per op, a table of every row (shape columns, dtype,
   p50/p20/p80 in ms, speed-up against the op's baseline provider, extra scalar
@@ -39,7 +39,7 @@ import sys
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from . import common
 
 #: Baseline provider of an op when none is given: the first of these it has.
 BASELINES = ("reference", "eager", "torch.gather", "torch_gather", "torch", "index_select", "torch.index_select")
@@ -128,10 +128,7 @@ def baseline_provider(op: str, providers: Iterable[str], overrides: Dict[str, st
         return overrides[op] if overrides[op] in providers else None
     if len(set(providers)) < 2:
         return None
-    for b in BASELINES:
-        if b in providers:
-            return b
-    return None
+    return next((b for b in BASELINES if b in providers), None)
 
 
 def speedups(rows: List[dict], baseline: Optional[str]) -> List[Optional[float]]:
@@ -323,11 +320,10 @@ def write_report(name: str, sources: List[str], rows: List[dict], out_dir: str, 
     md += ["- times in milliseconds: p50 (p20, p80) of the per-call times", ""]
     plot_paths: List[str] = []
     have_mpl = plots
-    if plots:
-        if importlib.util.find_spec("matplotlib") is None:
-            print("[report] matplotlib not installed (pip install matplotlib, or the 'plot' extra): "
-                  "tables only", file=sys.stderr)
-            have_mpl = False
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        print("[report] matplotlib not installed (pip install matplotlib, or the 'plot' extra): "
+              "tables only", file=sys.stderr)
+        have_mpl = False
     for op, rs in ops.items():
         base = baseline_provider(op, [r["provider"] for r in rs], overrides)
         md += [f"## {op}", ""]
@@ -358,26 +354,29 @@ def _extra_keys_all(rows: List[dict]) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report",
-                                description="Markdown tables and PNG plots from benchmarks/results/*.json")
-    p.add_argument("files", nargs="*", help="result files (default: benchmarks/results/*.json)")
-    p.add_argument("--out", default=None, help="output directory (default: benchmarks/results)")
+                                description="Markdown tables and PNG plots from benchmark rows")
+    p.add_argument("files", nargs="*", help="rows files (default: every *.json in the report's folder)")
+    common.add_output_args(p, "directory of the report and plots")
     p.add_argument("--per-file", action="store_true", help="one report per input file instead of per device")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--baseline", action="append", default=[], metavar="OP=PROVIDER",
                    help="baseline provider of an op for speed-ups (repeatable)")
     a = p.parse_args(argv)
-    overrides = {}
-    for b in a.baseline:
-        if "=" not in b:
-            p.error(f"--baseline wants OP=PROVIDER, got {b!r}")
-        op, prov = b.split("=", 1)
-        overrides[op] = prov
-    files = a.files or sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json")))
+    bad = [b for b in a.baseline if "=" not in b]
+    if bad:
+        p.error(f"--baseline wants OP=PROVIDER, got {bad[0]!r}")
+    overrides = dict(b.split("=", 1) for b in a.baseline)
+    out_dir = common.output_dir(p, a)
+    # the rows' own folder: a report and its plots sit beside the rows they show
+    src = common.RESULTS_DIR if common.publishes(out_dir) else common.OUT_DIR
+    files = a.files or sorted(glob.glob(os.path.join(src, "*.json")))
+    if common.publishes(out_dir) and not all(common.publishes(f) for f in files):
+        p.error(f"{'--publish' if a.publish else '--out ' + a.out}: a report in benchmarks/results/ is drawn "
+                f"only from rows there, not {[f for f in files if not common.publishes(f)]}")
     loaded = load_rows(files)
     if not loaded:
-        print("[report] no benchmark rows found" + ("" if a.files else f" under {RESULTS_DIR}"), file=sys.stderr)
+        print("[report] no benchmark rows found" + ("" if a.files else f" under {src}"), file=sys.stderr)
         return 1
-    out_dir = a.out or RESULTS_DIR
     groups: "OrderedDict[str, Tuple[List[str], List[dict]]]" = OrderedDict()
     for path, rows in loaded:
         if a.per_file:

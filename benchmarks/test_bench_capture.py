@@ -20,13 +20,9 @@ def test_providers_capture_the_same_tensors():
         assert torch.equal(cap.keys, hooked["k"]) and torch.equal(cap.values, hooked["v"])
 
 
-def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch):
-    def once(fn, device, **kw):  # the code path, not the timing: one call per provider
-        fn()
-        return {"p50_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}
-
+def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch, untimed):
     monkeypatch.setattr(bench_capture, "write_report", lambda *a, **k: pytest.fail("--no-write wrote a report"))
-    monkeypatch.setattr(bench_capture, "measure", once)
+    untimed(bench_capture)
     rows = bench_capture.main(["--towers", "tiny", "siglip-tiny", "--rounds", "1", "--no-write"])
     assert {r["provider"] for r in rows} == {"stock", "hooked", "hook-free", "hook-free-full", "litelvlm-exact",
                                              "litelvlm-heads"}

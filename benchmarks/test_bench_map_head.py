@@ -18,13 +18,9 @@ def test_providers_run_and_agree_with_the_head():
     assert q.shape == (1, 32) and k.shape == v.shape == (2, 9, 32)
 
 
-def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch):
-    def once(fn, device, **kw):  # the code path, not the timing: one call per provider
-        fn()
-        return {"p50_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}
-
+def test_main_writes_nothing_with_no_write(tmp_path, monkeypatch, untimed):
     monkeypatch.setattr(bench_map_head, "write_report", lambda *a, **k: pytest.fail("--no-write wrote a report"))
-    monkeypatch.setattr(bench_map_head, "measure", once)
+    untimed(bench_map_head)
     threads = torch.get_num_threads()
     try:
         rows = bench_map_head.main(["--quick", "--rounds", "1", "--no-write", "--batch", "1", "2"])

@@ -1,19 +1,44 @@
-"""Smoke run of benchmarks/bench_vllm.py --quick (tiny tower and LLM, 4 requests; no timing asserted).
+"""benchmarks/bench_vllm.py: where it writes (any environment) and a smoke run of ``--quick`` (tiny tower and LLM,
+4 requests; no timing asserted).
 
-Runs in the vLLM venv only (``.venv-vllm/bin/python -m pytest benchmarks/test_bench_vllm.py -q``); skipped
-wherever vLLM or the plugin does not import (the main environment).
+The smoke run needs the vLLM venv (``.venv-vllm/bin/python -m pytest benchmarks/test_bench_vllm.py -q``) and is
+skipped wherever vLLM or the plugin does not import (the main environment); the path tests need no vLLM.
 """
 
 import json
 
 import pytest
 
-from benchmarks import bench_vllm
-
-if not bench_vllm.have_vllm():
-    pytest.skip("vLLM and litelvlm_kernels.serving.vllm do not import (run in .venv-vllm)", allow_module_level=True)
+from benchmarks import bench_vllm, common
 
 
+@pytest.mark.parametrize("argv", [[], ["--quick"]])
+def test_default_and_quick_runs_write_the_ignored_folder(argv, bench_dirs):
+    args = bench_vllm.parse_args(argv)
+    assert args.out == str(bench_dirs.out)
+    paths = bench_vllm.save([{"op": "vllm_serving"}], "# table\n", args)
+    assert paths == [str(bench_dirs.out / "vllm-serving-cpu.json"), str(bench_dirs.out / "vllm-serving-cpu.md")]
+    assert json.loads(open(paths[0]).read()) == [{"op": "vllm_serving"}] and not bench_dirs.results.exists()
+
+
+def test_publish_writes_the_results_folder(bench_dirs):
+    args = bench_vllm.parse_args(["--publish", "--name", "serving"])
+    assert args.out == common.RESULTS_DIR and args.command == "python -m benchmarks.bench_vllm --publish --name serving"
+    bench_vllm.save([], "", args)
+    assert sorted(p.name for p in bench_dirs.results.iterdir()) == ["serving-cpu.json", "serving-cpu.md"]
+
+
+@pytest.mark.parametrize("flag", ["--publish", "--out"])
+def test_quick_publish_is_refused(flag, bench_dirs, capsys):
+    with pytest.raises(SystemExit) as e:  # refused before vLLM is needed: main() exits here in any environment
+        bench_vllm.main(["--quick", flag] + ([str(bench_dirs.results)] if flag == "--out" else []))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--quick is a smoke run" in err and flag in err
+    assert not bench_dirs.results.exists()
+
+
+@pytest.mark.skipif(not bench_vllm.have_vllm(), reason="vLLM and litelvlm_kernels.serving.vllm do not import "
+                                                        "(run in .venv-vllm)")
 def test_quick_run_writes_rows_and_table(tmp_path, monkeypatch):
     for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
                  "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}.items():
