@@ -3,6 +3,8 @@
 // litelvlm::gather_tokens: a backend supplies only its `gather_into`.
 #pragma once
 
+#include <array>
+
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/native/Resize.h>
@@ -55,8 +57,14 @@ at::Tensor& gather_tokens_out(const at::Tensor& tokens, const at::Tensor& indice
                               at::Tensor& out) {
   check_gather_args(tokens, indices);
   check_gather_out(tokens, out);
-  // Resize as torch's out= ops do (a warning if a non-empty out had another shape).
-  at::native::resize_output(out, {tokens.size(0), indices.size(1), tokens.size(2)});
+  const std::array<int64_t, 3> shape{tokens.size(0), indices.size(1), tokens.size(2)};
+  // An empty out is sized here (torch's out= convention); one of another shape is refused, not resized: torch
+  // only warns and would silently drop the caller's preallocated buffer (and its strides).
+  TORCH_CHECK(out.numel() == 0 || out.sizes() == at::IntArrayRef(shape),
+              "gather_tokens: out must have shape [B, R, C] = ", at::IntArrayRef(shape),
+              " (tokens [B, M, C], indices [B, R]), got ", out.sizes(),
+              "; pass an empty tensor to have it sized");
+  at::native::resize_output(out, shape);  // a no-op unless out is empty
   at::assert_no_internal_overlap(out);
   at::assert_no_overlap(out, tokens);
   at::assert_no_overlap(out, indices);

@@ -5,8 +5,9 @@ M = 64 patch tokens) whose vision weights the LLaVA tower reuses, a 2-layer
 Llama. Two prompts, left padded: the first with one image and one referring
 expression, the second with two images and two expressions (union). Printed:
 placeholders per image before / after, visual and LLM tokens, prefill FLOPs,
-KV-cache bytes, prefill time (median of 3) before and after, the generated
-ids, and the same ratio at LLaVA-1.5-7B scale.
+KV-cache bytes, prefill time before and after (median and p20-p80 of 5
+interleaved rounds; the ratio marked "within noise" when they overlap), the
+generated ids, and the same ratio at LLaVA-1.5-7B scale.
 
 With real checkpoints (not runnable here: needs the downloads)::
 

@@ -8,7 +8,9 @@ shapes that matter for the token count: a CLIP tower at 336 px / patch 14
 projector and a small LlamaForCausalLM. The LLM receives only the kept tokens
 through ``inputs_embeds``. Printed: prefill multiply-accumulates of the LLM
 (analytic, ``litelvlm_kernels.flops``, and counted by
-``torch.utils.flop_counter``) and wall time, before and after pruning.
+``torch.utils.flop_counter``) and wall time, before and after pruning (medians
+and p20-p80 of interleaved rounds; a time ratio whose intervals overlap is
+marked "within noise").
 
 Run: ``python examples/llava_style_pipeline.py [--retain 192] [--texts 2]``
 (needs ``transformers``: ``pip install "litelvlm_kernels[hf]"``).
@@ -22,7 +24,6 @@ LLaVA's projector and language model.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -34,6 +35,7 @@ except ImportError as exc:  # pragma: no cover
     raise SystemExit('this example needs transformers: pip install "litelvlm_kernels[hf]"') from exc
 
 from litelvlm_kernels.integrations.hf import LiteLVLMPruner, capture_vision
+from litelvlm_kernels.timing import format_ratio, interleaved
 
 try:  # the analytic counter (docs/design.md section 7)
     from litelvlm_kernels.flops import DecoderConfig, prefill_macs
@@ -77,16 +79,6 @@ def llm_inputs(llm, visual: torch.Tensor, prompt: torch.Tensor, question: torch.
     return torch.cat([emb(prompt).expand(B, -1, -1), visual, emb(question).expand(B, -1, -1)], dim=1)
 
 
-def _median_ms(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2] * 1e3
-
-
 def _counted_macs(fn) -> int:
     # The math backend of sdpa decomposes into matmuls the flop counter sees; the
     # fused CPU flash kernel is not counted by torch 2.13's FlopCounterMode.
@@ -99,7 +91,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--retain", type=int, default=192, help="visual tokens kept (of 576)")
     p.add_argument("--texts", type=int, default=2, help="referring expressions for the image")
-    p.add_argument("--repeat", type=int, default=3, help="timing repetitions (median)")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds (median, p20-p80)")
     args = p.parse_args(argv)
 
     clip, projector, llm = build_models()
@@ -142,30 +134,31 @@ def main(argv=None) -> dict:
         else:  # pragma: no cover
             analytic_full, analytic_pruned = counted_full, counted_pruned
 
-        llm_ms_full = _median_ms(lambda: llm(inputs_embeds=emb_full), args.repeat)
-        llm_ms_pruned = _median_ms(lambda: llm(inputs_embeds=emb_pruned), args.repeat)
-        e2e_ms_full = _median_ms(baseline, args.repeat)
-        e2e_ms_pruned = _median_ms(pruned, args.repeat)
+        times = interleaved({"llm_full": lambda: llm(inputs_embeds=emb_full),
+                             "llm_pruned": lambda: llm(inputs_embeds=emb_pruned),
+                             "e2e_full": baseline, "e2e_pruned": pruned}, rounds=args.repeat)
 
     sim = int(out.num_similarity[0])
     print(f"LLaVA-style pipeline, tiny random CLIP (M={num_visual}) + projector + Llama "
           f"(h={llm.config.hidden_size}, {llm.config.num_hidden_layers} layers); {args.texts} referring expressions")
     print(f"visual tokens to the LLM: {num_visual} -> {kept} ({sim} by text similarity, {kept - sim} by [CLS] "
           f"context); LLM sequence {n_full} -> {n_pruned}")
-    print(f"{'':24}{'before':>14}{'after':>14}{'ratio':>8}")
+    print(f"{'':24}{'before':>30}{'after':>30}  ratio")
     rows = [("prefill MACs (analytic)", analytic_full, analytic_pruned),
             ("prefill MACs (counted)", counted_full, counted_pruned)]
     for name, a, b in rows:
-        print(f"{name:24}{a:>14,}{b:>14,}{b / a:>8.3f}")
-    for name, a, b in [("LLM prefill ms", llm_ms_full, llm_ms_pruned),
-                       ("end-to-end ms", e2e_ms_full, e2e_ms_pruned)]:
-        print(f"{name:24}{a:>14.1f}{b:>14.1f}{b / a:>8.3f}")
-    print("(end-to-end: vision tower + pruning + projector + LLM; the pruned path also skips the unused tail of "
-          "the tower.\n CPU wall times on a tiny model: indicative only; the MAC ratio is what carries over to 7B.)")
+        print(f"{name:24}{a:>30,}{b:>30,}  {b / a:.3f}")
+    for name, key in [("LLM prefill time", "llm"), ("end-to-end time", "e2e")]:
+        a, b = times[f"{key}_full"], times[f"{key}_pruned"]
+        print(f"{name:24}{str(a):>30}{str(b):>30}  {format_ratio(b, a, '.3f')}")
+    print(f"(times: median (p20-p80) of {args.repeat} interleaved rounds; end-to-end: vision tower + pruning + "
+          "projector + LLM, the pruned path also skips the unused tail of the tower.\n CPU wall times on a tiny "
+          "model: indicative only; the MAC ratio is what carries over to 7B.)")
     return dict(num_visual=num_visual, kept=kept, num_similarity=sim, seq_full=n_full, seq_pruned=n_pruned,
                 macs_full=analytic_full, macs_pruned=analytic_pruned, counted_full=counted_full,
-                counted_pruned=counted_pruned, llm_ms_full=llm_ms_full, llm_ms_pruned=llm_ms_pruned,
-                e2e_ms_full=e2e_ms_full, e2e_ms_pruned=e2e_ms_pruned, indices=out.indices,
+                counted_pruned=counted_pruned, times=times, llm_ms_full=times["llm_full"].p50_ms,
+                llm_ms_pruned=times["llm_pruned"].p50_ms, e2e_ms_full=times["e2e_full"].p50_ms,
+                e2e_ms_pruned=times["e2e_pruned"].p50_ms, indices=out.indices,
                 logits_full=logits_full, logits_pruned=logits_pruned)
 
 

@@ -29,12 +29,12 @@ Run: ``python examples/visionzip_style.py [--dominant 54] [--contextual 10]``
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import litelvlm_kernels  # noqa: F401  (registers torch.ops.litelvlm)
 from litelvlm_kernels.synthetic import CLIP_L14_336, clip_inputs
+from litelvlm_kernels.timing import format_ratio, interleaved
 
 ops = torch.ops.litelvlm
 
@@ -111,28 +111,29 @@ def main(argv=None) -> dict:
     p.add_argument("--dominant", type=int, default=54)
     p.add_argument("--contextual", type=int, default=10)
     p.add_argument("--score", default="attention", choices=["attention", "contribution"])
+    p.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds (median, p20-p80)")
     args = p.parse_args(argv)
 
     x = clip_inputs(B=args.batch, T=1, **CLIP_L14_336)
     # Warm-up: the first call of any torch.library custom_op imports torch._dynamo (seconds, once).
     visionzip(x.hidden[:1, :8], x.q_cls[:1], x.keys[:1, :8], x.values[:1, :8], 2, 2, args.score)
     visionzip_plain_torch(x.hidden[:1, :8], x.q_cls[:1], x.keys[:1, :8], x.values[:1, :8], 2, 2, args.score)
-    t0 = time.perf_counter()
-    out, idx, c = visionzip(x.hidden, x.q_cls, x.keys, x.values, args.dominant, args.contextual, args.score)
-    t1 = time.perf_counter()
-    ref, ref_idx = visionzip_plain_torch(x.hidden, x.q_cls, x.keys, x.values, args.dominant, args.contextual,
-                                         args.score)
-    t2 = time.perf_counter()
+    run = (x.hidden, x.q_cls, x.keys, x.values, args.dominant, args.contextual, args.score)
+    out, idx, c = visionzip(*run)
+    ref, ref_idx = visionzip_plain_torch(*run)
+    times = interleaved({"ops": lambda: visionzip(*run), "plain": lambda: visionzip_plain_torch(*run)},
+                        rounds=args.repeat, warmup=0)  # both ran once just above
     same_idx = torch.equal(idx, ref_idx)
     max_err = (out.float() - ref.float()).abs().max().item()
     M = x.hidden.shape[1]
     print(f"VisionZip-style reduction: {M} -> {out.shape[1]} tokens per image "
           f"({args.dominant} dominant by [CLS] {args.score}, {args.contextual} contextual), batch {args.batch}")
     print(f"dominant tokens of image 0 (falling score): {idx[0, :12].tolist()} ...")
-    print(f"ops {1e3 * (t1 - t0):.1f} ms, plain torch {1e3 * (t2 - t1):.1f} ms (CPU); "
-          f"same dominant tokens: {same_idx}; max |difference| of outputs: {max_err:.2e}")
+    print(f"same dominant tokens: {same_idx}; max |difference| of outputs: {max_err:.2e}")
+    print(f"ops {times['ops']}, plain torch {times['plain']} (CPU, median (p20-p80) of {args.repeat} interleaved "
+          f"rounds); ops / plain torch: {format_ratio(times['ops'], times['plain'])}")
     return dict(tokens=out, indices=idx, scores=c, reference_tokens=ref, reference_indices=ref_idx,
-                same_indices=same_idx, max_abs_err=max_err, inputs=x)
+                same_indices=same_idx, max_abs_err=max_err, inputs=x, times=times)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,11 @@ over red, green, blue, white, black and grey regions alike::
 The grid is never guessed: pass ``grid=(rows, cols)`` (or an int for a
 square), or ``num_tokens=M`` for a square grid of M cells; a result object with
 a ``num_tokens`` attribute (HFPruneResult) supplies M itself. Plain index
-arrays and a ``PruneResult`` do not say M, so they need one of the two.
+arrays and a ``PruneResult`` do not say M, so they need one of the two. A
+grid is checked before anything is drawn: against M when M is known, else
+against the indices of every row (a grid too large for them goes unnoticed:
+pass ``num_tokens=M`` to have it checked). ``row`` outside the batch is an
+error naming ``row`` and the batch size (``_viz_args``).
 
 ``image`` is what the tower saw (after CLIP's resize and centre crop):
 an [H, W, 3] or [3, H, W] array or tensor, uint8 or float in [0, 1] (an
@@ -39,11 +43,11 @@ CLI demo on a synthetic image (uses ``litelvlm_kernels.prune``)::
 from __future__ import annotations
 
 import argparse
-import math
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ._viz_args import _grid, _known_num_tokens, _one_row, _to_numpy, _unknown_grid_error
 
 __all__ = ["SIMILARITY_COLOR", "CONTEXT_COLOR", "CAPTION_PX", "token_states", "render", "save_png",
            "save_kept_tokens", "demo", "main"]
@@ -57,48 +61,6 @@ _COLOR_NAMES = {"similarity": "magenta", "context": "cyan"}
 CAPTION_PX = 28                    # height of the caption strip
 
 DROPPED, CONTEXT, SIMILARITY = 0, 1, 2
-
-
-def _to_numpy(x):
-    if x is None:
-        return None
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _one_row(indices, from_similarity, row: int):
-    """Accept a PruneResult / HFPruneResult, or [R] / [B, R] arrays; return one row of each."""
-    if hasattr(indices, "indices") and hasattr(indices, "from_similarity"):
-        if from_similarity is None:
-            from_similarity = indices.from_similarity
-        indices = indices.indices
-    idx = _to_numpy(indices)
-    if idx.ndim == 2:
-        idx = idx[row]
-    elif idx.ndim != 1:
-        raise ValueError(f"indices must be [R] or [B, R], got shape {idx.shape}")
-    fs = _to_numpy(from_similarity)
-    if fs is not None and fs.ndim == 2:
-        fs = fs[row]
-    return idx, fs
-
-
-def _known_num_tokens(indices, num_tokens: Optional[int]) -> Optional[int]:
-    """M from ``num_tokens=``, else from a result's ``num_tokens`` attribute (HFPruneResult), else None."""
-    if num_tokens is None:
-        num_tokens = getattr(indices, "num_tokens", None)
-    if num_tokens is None:
-        return None
-    if not isinstance(num_tokens, numbers.Integral) or num_tokens <= 0:
-        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-    return int(num_tokens)
-
-
-def _unknown_grid_error() -> ValueError:
-    # A silent 24 x 24 default put a 64-token result into the top 3 rows: refuse to guess instead.
-    return ValueError("grid: the number of tokens M is unknown (plain indices and PruneResult do not carry it); "
-                      "pass grid=(rows, cols) or num_tokens=M")
 
 
 def token_states(indices, from_similarity=None, num_tokens: Optional[int] = None, *, row: int = 0) -> np.ndarray:
@@ -125,35 +87,6 @@ def token_states(indices, from_similarity=None, num_tokens: Optional[int] = None
             raise ValueError(f"from_similarity must match indices: {fs.shape} vs {idx.shape}")
         states[idx] = np.where(fs, SIMILARITY, CONTEXT)
     return states
-
-
-def _parse_grid(grid) -> Tuple[int, int]:
-    if isinstance(grid, numbers.Integral):
-        rows = cols = int(grid)
-    else:
-        try:
-            rows, cols = (int(g) for g in grid)
-        except (TypeError, ValueError):
-            raise ValueError(f"grid must be (rows, cols) or an int, got {grid!r}") from None
-    if rows <= 0 or cols <= 0:
-        raise ValueError(f"grid must be positive (rows, cols), got {grid}")
-    return rows, cols
-
-
-def _grid(grid, num_tokens: Optional[int], indices=None) -> Tuple[int, int]:
-    """(rows, cols): ``grid`` if given (checked against M when M is known), else the square of M tokens."""
-    M = _known_num_tokens(indices, num_tokens)
-    if grid is not None:
-        rows, cols = _parse_grid(grid)
-        if M is not None and rows * cols != M:
-            raise ValueError(f"grid {rows}x{cols} has {rows * cols} cells but there are num_tokens={M} tokens")
-        return rows, cols
-    if M is None:
-        raise _unknown_grid_error()
-    side = math.isqrt(M)
-    if side * side != M:
-        raise ValueError(f"grid: {M} tokens are not a square; pass grid=(rows, cols)")
-    return side, side
 
 
 def _as_rgb_float(image, rows: int, cols: int) -> np.ndarray:

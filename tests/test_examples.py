@@ -64,6 +64,19 @@ def test_visionzip_style(score, capsys):
         assert bool(((ctx >= lo - 1e-3) & (ctx <= hi + 1e-3)).all())
 
 
+def m_rounds(r):
+    """Rounds behind prefill_metrics' stock and pruned times (interleaved: as many of each)."""
+    return [r["metrics"][side]["prefill_time"].rounds for side in ("stock", "pruned")]
+
+
+def test_visionzip_times_are_interleaved_medians(capsys):
+    vz = load("visionzip_style")
+    r = vz.main(["--batch", "1", "--dominant", "20", "--contextual", "4", "--repeat", "3"])
+    assert {k: t.rounds for k, t in r["times"].items()} == {"ops": 3, "plain": 3}
+    assert all(t.p20_ms <= t.p50_ms <= t.p80_ms for t in r["times"].values())
+    assert "p20-p80" in capsys.readouterr().out
+
+
 def test_visionzip_helpers_small():
     vz = load("visionzip_style")
     idx = torch.tensor([[3, 0], [1, 2]])
@@ -100,6 +113,8 @@ def test_llava_style_pipeline(capsys):
     assert r["macs_pruned"] < 0.25 * r["macs_full"]
     for k in ("llm_ms_full", "llm_ms_pruned", "e2e_ms_full", "e2e_ms_pruned"):
         assert r[k] > 0
+    assert all(t.rounds == 1 for t in r["times"].values())
+    assert out.count("(too few rounds)") == 2  # one round: the two time ratios are flagged
 
 
 # --------------------------------------------------------------------------- FastV-style (needs transformers)
@@ -179,6 +194,10 @@ def test_lvlm_generate_examples(name, argv, kind, kept, capsys):
     out = capsys.readouterr().out
     for word in ("visual tokens", "prefill FLOPs", "KV cache", "prefill time", "TFLOPs"):
         assert word in out
+    # the time is shown with its spread, and a ratio from one round is flagged, not shown bare
+    (time_row,) = [line for line in out.splitlines() if line.startswith("prefill time")]
+    assert time_row.count("p20-p80") == 2 and time_row.endswith("(too few rounds)")
+    assert m_rounds(r) == [1, 1]
     assert r["keep_all_equals_stock"]  # keeping every token in raster order changes nothing
     rep, m = r["report"][kind], r["metrics"]
     if kept is not None:
@@ -187,3 +206,44 @@ def test_lvlm_generate_examples(name, argv, kind, kept, capsys):
     for key in ("prefill_flops", "kv_cache_bytes", "tokens"):
         assert 0 < m["pruned"][key] < m["stock"][key]
     assert r["pruned_ids"].shape == r["stock_ids"].shape  # prompt re-expanded in front of the new tokens
+
+
+def test_paligemma_shows_the_effect_of_pruning(capsys):
+    """With a sharpened Gemma (llm_std=0.3) the pruned ids differ from the stock ones, and other expressions keep
+    other tokens and give other ids: the selection reaches the LLM (the ids were [108] * 8 either way before)."""
+    pytest.importorskip("transformers")
+    r = load("paligemma_generate").main(["--retain", "16", "--repeat", "1", "--new-tokens", "6"])
+    out = capsys.readouterr().out
+    L = r["stock_ids"].shape[1] - 6
+    assert r["pruning_changes_ids"] and not torch.equal(r["pruned_ids"][:, L:], r["stock_ids"][:, L:])
+    assert len(set(r["stock_ids"][:, L:].flatten().tolist())) > 2  # not one repeated token
+    assert r["kept"] != r["other_kept"] and not torch.equal(r["other_ids"], r["pruned_ids"])
+    assert [len(k) for k in r["kept"]] == [len(k) for k in r["other_kept"]] == [16] * 3
+    assert "pruning changes the generated ids: True" in out and "other expressions keep other tokens: True" in out
+    assert r["keep_all_equals_stock"]
+
+
+def test_llava_processor_generate(capsys):
+    """The README's snippet through an offline LlavaProcessor: the processor expands <image> to M placeholders
+    around the prompt's words, LiteLVLM shrinks them to R, keeping all reproduces the stock ids."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("PIL")
+    ex = load("llava_processor_generate")
+    r = ex.main(["--retain", "16", "--new-tokens", "4"])
+    out = capsys.readouterr().out
+    tl = ex.tl
+    ids = r["inputs"]["input_ids"][0]
+    image = (ids == tl.IMAGE_TOKEN).nonzero().flatten()
+    assert image.numel() == tl.M and torch.equal(image, torch.arange(image[0], image[0] + tl.M))  # one run of M
+    words = r["processor"].tokenizer.convert_ids_to_tokens(ids[ids != tl.IMAGE_TOKEN].tolist())
+    assert words == ["<s>", "USER", ":", "What", "is", "the", "man", "on", "the", "left", "holding", "?",
+                     "ASSISTANT", ":"]
+    px = r["inputs"]["pixel_values"]
+    assert px.shape == (1, 3, tl.IMAGE, tl.IMAGE) and px.dtype == torch.float32
+    assert r["image"].size != (tl.IMAGE, tl.IMAGE)  # the processor resized and cropped it
+    assert r["report"]["image"]["stock"] == [tl.M] and r["report"]["image"]["kept"] == [16]
+    L = ids.shape[0]
+    assert torch.equal(r["pruned_ids"][:, :L], r["inputs"]["input_ids"])  # the caller's prompt in front
+    assert not torch.equal(r["pruned_ids"], r["stock_ids"]) and r["keep_all_equals_stock"]
+    assert "64 <image> placeholders" in out and "stock [64] -> kept [16]" in out
+    assert transformers.LlavaProcessor is type(r["processor"])

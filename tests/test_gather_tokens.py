@@ -125,21 +125,33 @@ def test_out_variant(device, index_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_out_resize(device, capfd):
+def test_out_empty_is_sized(device):
     tokens = make_tokens((2, 8, 5), torch.float32, device)
     indices = make_indices(2, 8, 3, device=device)
-    out = torch.empty(0, device=device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # an empty out is resized silently
+    for empty in (torch.empty(0, device=device), torch.empty(2, 0, 5, device=device)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an empty out is sized silently
+            gather_tokens(tokens, indices, out=empty)
+        assert empty.shape == (2, 3, 5) and torch.equal(empty, reference(tokens, indices))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(7,), (2, 4, 5), (2, 3, 6), (1, 3, 5), (2, 3, 5, 1)])
+def test_out_of_another_shape_is_refused(device, shape, capfd):
+    """A non-empty out of another shape is refused, naming out and the shape it needs, and left untouched: torch's
+    out= ops would resize it (only a deprecation warning on stderr), silently dropping a preallocated buffer."""
+    tokens = make_tokens((2, 8, 5), torch.float32, device)
+    indices = make_indices(2, 8, 3, device=device)
+    out = torch.full(shape, 7.0, device=device)
+    with pytest.raises(ValueError, match=r"out must have shape \[B, R, C\] = \[2, 3, 5\]"):
         gather_tokens(tokens, indices, out=out)
-    assert out.shape == (2, 3, 5) and torch.equal(out, reference(tokens, indices))
-    capfd.readouterr()
-    out = torch.empty(7, device=device)
-    gather_tokens(tokens, indices, out=out)
-    # at::native::resize_output's deprecation warning, like torch's out= ops (TORCH_WARN
-    # from a torch.ops call goes to stderr, not to Python's warnings module).
-    assert "was resized" in capfd.readouterr().err
-    assert torch.equal(out, reference(tokens, indices))
+    with pytest.raises(RuntimeError, match=r"gather_tokens: out must have shape \[B, R, C\] = \[2, 3, 5\]"):
+        OP.out(tokens, indices, out=out)  # the C++ op refuses it too
+    assert out.shape == shape and (out == 7.0).all()
+    assert "was resized" not in capfd.readouterr().err
+    with pytest.raises(Exception, match=r"out must have shape \[B, R, C\] = \[2, 3, 5\]"):
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:  # the fake kernel agrees (torch.compile)
+            OP.out(mode.from_tensor(tokens), mode.from_tensor(indices), out=mode.from_tensor(out))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -83,10 +83,76 @@ def test_pruner_inputs_named(pruner, call, exc, match):
 
 def test_wrong_tokenizer_refused_at_construction():
     clip = lm.clip()
-    with pytest.raises(ValueError, match="tokenizer: its 300-token vocabulary"):
+    with pytest.raises(ValueError, match="tokenizer: it makes ids up to 299, beyond the CLIP text tower's "
+                                         f"vocab_size {clip.config.text_config.vocab_size}"):
         LiteLVLMPruner(clip, tokenizer=word_tokenizer(300))  # an LLM-sized vocabulary
     with pytest.raises(ValueError, match=r"tokenizer: \[EOS\] is id 2"):
         LiteLVLMPruner(clip, tokenizer=word_tokenizer(10))   # fits, but pools at another [EOS]
+
+
+def gapped_tokenizer(eos_id: int = 40):
+    """A fast word-level tokenizer of 10 tokens whose ids skip 9..39 (legal: a vocabulary file may), [EOS] the
+    highest id: len(tokenizer) - 1 = 9 is not its highest id."""
+    vocab = {"<unk>": 0, "<s>": 1, **{w: i + 2 for i, w in enumerate(tl.WORDS[:7])}, "</s>": eos_id}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A </s>",
+                                                                  special_tokens=[("<s>", 1), ("</s>", eos_id)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                                eos_token="</s>", pad_token="</s>")
+
+
+def legacy_clip(vocab_size: int):
+    """A CLIPModel whose text tower keeps the legacy eos_token_id = 2: it pools at the highest id of each row."""
+    return transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=2),
+        vision_config=dict(image_size=tl.IMAGE, patch_size=tl.PATCH, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16)).eval()
+
+
+def test_a_tokenizer_whose_ids_have_gaps_is_accepted():
+    """[EOS] is the highest id although len(tokenizer) - 1 is smaller: valid for a legacy CLIP tower, which pools
+    there (the check used to compare with len(tokenizer) - 1 and refused it)."""
+    from litelvlm_kernels.integrations.text import highest_id
+
+    tok = gapped_tokenizer()
+    assert len(tok) == 10 and highest_id(tok) == 40 == tok.eos_token_id
+    clip = legacy_clip(41)
+    pruner = LiteLVLMPruner(clip, tokenizer=tok)
+    with torch.no_grad():
+        cond = pruner.prepare_text(texts=["the cat", "a photo of the dog"])
+        ids = tok(["the cat", "a photo of the dog"], padding=True, return_tensors="pt")
+        want = clip.get_text_features(**ids)
+        want = getattr(want, "pooler_output", want)  # transformers 5 returns an output object
+    torch.testing.assert_close(cond.text_embeds[0], want)
+    with pytest.raises(ValueError, match=r"tokenizer: \[EOS\] is id 40, but .* pools at the highest id \(41\)"):
+        LiteLVLMPruner(legacy_clip(42), tokenizer=_with_extra(gapped_tokenizer(), 41))  # 41 is higher than [EOS]
+
+
+def _with_extra(tok, new_id: int):
+    """``tok`` plus one token at ``new_id`` (an added token above [EOS])."""
+    vocab = dict(tok.get_vocab(), extra=new_id)
+    inner = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>", bos_token="<s>",
+                                                eos_token="</s>", pad_token="</s>")
+
+
+def test_vocabulary_check_reads_the_highest_id():
+    """10 tokens fit a 41-id tower by count, but id 40 does not fit a 40-id one: refused by name (CLIP and SigLIP),
+    instead of an embedding index error at the first text."""
+    with pytest.raises(ValueError, match="tokenizer: it makes ids up to 40, beyond the CLIP text tower's "
+                                         "vocab_size 40"):
+        LiteLVLMPruner(legacy_clip(40), tokenizer=gapped_tokenizer())
+    from litelvlm_kernels.integrations.siglip import check_siglip_tokenizer
+
+    cfg = transformers.SiglipTextConfig(vocab_size=40)
+    with pytest.raises(ValueError, match="tokenizer: it makes ids up to 40, beyond the SigLIP text tower's "
+                                         "vocab_size 40"):
+        check_siglip_tokenizer(gapped_tokenizer(), cfg)
+    check_siglip_tokenizer(gapped_tokenizer(), transformers.SiglipTextConfig(vocab_size=41))  # fits
 
 
 def test_tower_widths_checked_at_construction():

@@ -20,6 +20,7 @@ from _threads import run_in_threads  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
 from litelvlm_kernels.integrations._towers import find_tower  # noqa: E402
+from litelvlm_kernels.integrations.lvlm import enable_litelvlm  # noqa: E402
 from litelvlm_kernels.integrations.pruner import LiteLVLMPruner  # noqa: E402
 from litelvlm_kernels.testing import assert_selection_close  # noqa: E402
 
@@ -174,7 +175,7 @@ def hand_built(model, batch, R, keep="lowest", order="official"):
         s, c = lm.siglip_scores(hidden[i:i + 1], px[i:i + 1], e)
         idx, _, _ = reference.select(-s if keep == "highest" else s, c, R, order=order)
         kept.append(feats[i, idx[0]])
-    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, min(R, M))] * 3)
+    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, min(R, M))] * 3, stock=[(tl.IMAGE_TOKEN, M)] * 3)
     return ids, mask, lm.embed_merge(model, ids, tl.IMAGE_TOKEN, torch.cat(kept))
 
 
@@ -252,3 +253,89 @@ def test_torch_compile_of_a_patched_model(model, batch):
         eager = model(**batch, referring_expressions=EXPRS).logits
         got = torch.compile(model, backend="aot_eager")(**batch, referring_expressions=EXPRS).logits
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+
+
+# ---- mixed dtypes, and errors that name the argument -------------------------------------------------------------
+
+def test_bf16_lvlm_with_an_fp32_siglip_checkpoint(model, batch):
+    """A bf16 LVLM whose SigLIP checkpoint was left in fp32 (from_pretrained's default): the tower's states are cast
+    to the checkpoint's dtype where its layer, post-layernorm and head take over (siglip.py, "Dtypes"), instead of
+    failing inside a matmul ("mat1 and mat2 must have the same dtype")."""
+    from litelvlm_kernels.integrations._towers import layer_output
+
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    sig = lm.siglip()  # fp32
+    tower = lm.inner(m16).vision_tower
+    px = lm.pixels(2, 3, tl.IMAGE, tl.IMAGE, seed=5).bfloat16()
+    pruner = LiteLVLMPruner(tower, sig, lm.siglip_tok(), select_layer=-1)
+    with torch.no_grad():
+        cap = pruner.capture(px)
+        res = pruner.prune(px, texts=["the cat"], num_retain=8)
+        # by hand: the bf16 tower's state, then the fp32 checkpoint's dropped layer, post-layernorm and head
+        h = cap.hidden.float()
+        for layer in sig.vision_model.encoder.layers[len(find_tower(tower, "vision").encoder.layers):]:
+            h = layer_output(layer(h, None))
+        q, k, v = lm.siglip_head_qkv(sig.vision_model.post_layernorm(h))
+        attn = sig.vision_model.head.attention
+        want = reference.map_contribution_direct(q, k, v, attn.out_proj.weight, attn.num_heads)
+    assert cap.hidden.dtype == torch.bfloat16 and cap.contribution.dtype == torch.float32
+    torch.testing.assert_close(cap.contribution, want, rtol=1e-5, atol=1e-7)
+    assert res.tokens.dtype == torch.bfloat16 and res.indices.shape == (2, 8)
+    b16 = dict(batch, pixel_values=batch["pixel_values"].bfloat16())
+    with torch.no_grad(), lm.enable(m16, num_retain=8) as patch:
+        out = m16(**b16, referring_expressions=EXPRS)
+        ids = lm.greedy(m16, b16, referring_expressions=EXPRS)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+    assert patch.last_report["image"]["kept"] == [8] * 3 and ids.shape[1] == batch["input_ids"].shape[1] + 4
+
+
+def test_fp32_lvlm_with_a_bf16_siglip_checkpoint(model):
+    """The other way round: the fp32 tower's states go to the bf16 checkpoint's parts in bf16."""
+    pruner = LiteLVLMPruner(lm.inner(model).vision_tower, copy.deepcopy(lm.siglip()).to(torch.bfloat16),
+                            lm.siglip_tok(), select_layer=-1)
+    with torch.no_grad():
+        res = pruner.prune(lm.pixels(1, 3, tl.IMAGE, tl.IMAGE, seed=5), texts=["the cat"], num_retain=8)
+    assert res.tokens.dtype == torch.float32 and res.indices.shape == (1, 8)
+
+
+def _siglip_of_width(width: int):
+    import transformers
+
+    tc = dict(vocab_size=len(lm.siglip_tok()), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+              num_attention_heads=4, max_position_embeddings=tl.SIGLIP_TEXT_LEN)
+    vc = {k: v for k, v in tl.siglip_vision_config(3, use_head=True).items() if k != "model_type"}
+    vc.update(hidden_size=width, intermediate_size=2 * width)
+    return transformers.SiglipModel(transformers.SiglipConfig(text_config=tc, vision_config=vc)).eval()
+
+
+def test_a_wrong_checkpoint_is_named_by_the_argument_it_came_in(model):
+    """A SiglipModel of another width or depth passed as text_model= is reported as text_model (not vision_head);
+    passed as vision_head=, as vision_head. One layer is "1 layer"."""
+    tower = lm.inner(model).vision_tower  # width 64, 2 layers
+    narrow, shallow = _siglip_of_width(32), tl.tiny_siglip(lm.siglip_tok(), layers=1)
+    with pytest.raises(ValueError, match="^text_model: a SigLIP head of width 32 does not fit a vision tower of "
+                                         "width 64"):
+        LiteLVLMPruner(tower, narrow, lm.siglip_tok(), select_layer=-1)
+    with pytest.raises(ValueError, match=r"^text_model: the SigLIP checkpoint has 1 layer, fewer than the vision "
+                                         r"tower's 2;"):
+        LiteLVLMPruner(tower, shallow, lm.siglip_tok(), select_layer=-1)
+    with pytest.raises(ValueError, match="^vision_head: a SigLIP head of width 32"):
+        LiteLVLMPruner(tower, lm.siglip().text_model, lm.siglip_tok(), vision_head=narrow.vision_model,
+                       select_layer=-1)
+    with pytest.raises(ValueError, match="^vision_head: the SigLIP checkpoint has 1 layer,"):
+        LiteLVLMPruner(tower, lm.siglip(), lm.siglip_tok(), vision_head=shallow.vision_model, select_layer=-1)
+    with pytest.raises(ValueError, match="^text_model: a SigLIP head of width 32"):
+        enable_litelvlm(model, narrow, lm.siglip_tok())  # the LVLM path: the same argument, the same name
+    assert "forward" not in model.__dict__  # the refused call left the model unpatched
+
+
+@pytest.mark.parametrize("where", ["pruner", "lvlm"])
+def test_blank_expression_error_speaks_of_no_cls(model, batch, pruner, where):
+    """SigLIP towers have no [CLS]: the blank-expression error does not send the user to "[CLS] context"."""
+    with pytest.raises(ValueError, match="blank expression") as err:
+        if where == "pruner":
+            pruner.prepare_text(texts=[["the cat"], ["  "]])
+        else:
+            with torch.no_grad(), lm.enable(model, num_retain=8):
+                model(**batch, referring_expressions=[["the cat"], ["a red car", " "]])
+    assert "[CLS]" not in str(err.value) and "context tokens only" in str(err.value)

@@ -255,3 +255,32 @@ def test_default_demo_outputs_are_git_ignored():
     assert "viz_demo.png" in lines  # make examples
     default = viz._parser().get_default("out")  # python -m litelvlm_kernels.viz
     assert default == "litelvlm_viz_demo.png" and default in lines
+
+
+# -- errors name the argument: row (with the batch size), grid (before any index is read against it) ----------
+
+@pytest.mark.parametrize("row", [2, 5, -1])
+def test_row_out_of_range_names_row_and_batch(tmp_path, row):
+    idx = torch.tensor([[0, 5, 63], [1, 2, 3]])
+    fs = torch.tensor([[True, False, True], [False, True, False]])
+    with pytest.raises(ValueError, match=rf"row={row} is out of range: .* B=2 rows"):
+        viz.save_kept_tokens(tmp_path / "k.png", None, idx, fs, grid=(8, 8), row=row)
+    with pytest.raises(ValueError, match=rf"row={row} .* B=2"):
+        viz.token_states(_Result(idx, fs, 64), row=row)
+    assert not (tmp_path / "k.png").exists()
+    with pytest.raises(ValueError, match="row=1: the indices are a single row"):
+        viz.render(None, idx[0], fs[0], grid=(8, 8), row=1)
+    with pytest.raises(TypeError, match="row must be an int"):
+        viz.render(None, idx, fs, grid=(8, 8), row=1.0)
+
+
+def test_a_grid_too_small_for_the_indices_is_named_grid(tmp_path):
+    """Without M (plain indices, PruneResult) the grid is checked against every row's indices, up front: the drawn
+    row 0 fits a 4 x 4 grid, row 1 does not; the error names grid, not an index of row 0."""
+    idx = torch.tensor([[0, 5, 9], [1, 2, 40]])
+    with pytest.raises(ValueError, match=r"grid 4x4 has 16 cells but the indices reach 40 \(at least 41 tokens\)"):
+        viz.save_kept_tokens(tmp_path / "k.png", None, idx, grid=(4, 4), caption=True)
+    with pytest.raises(ValueError, match="grid 4x4 has 16 cells"):
+        viz.render(None, _Result(idx, None), grid=4)
+    assert not (tmp_path / "k.png").exists()
+    assert viz.render(None, idx, grid=(7, 6)).shape == (7 * 14, 6 * 14, 3)  # 42 cells hold them

@@ -122,8 +122,10 @@ def check_expression(text, name: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{name}: expected a str, got {type(text).__name__} ({text!r})")
     if not text.strip():
+        # Worded for every tower: CLIP's context score comes from [CLS], SigLIP's (no [CLS]) from its pooling head.
         raise ValueError(f"{name}: an empty or blank expression ({text!r}) would still change the selection; "
-                         "drop it (an image with no expression uses [CLS] context only)")
+                         "drop it (an image with no expression keeps context tokens only, those the tower's pooled "
+                         "embedding draws on most)")
     return text
 
 
@@ -149,30 +151,57 @@ def flatten_texts(texts: TextsArg, texts_per_image: Any) -> tuple[list, list]:
     return texts, group_counts(len(texts), texts_per_image)
 
 
+def highest_id(tokenizer) -> int | None:
+    """The highest id ``tokenizer`` can produce: the largest value of its vocabulary, added tokens included
+    (``get_vocab()``); ``len(tokenizer) - 1`` only for a tokenizer without ``get_vocab``. None when neither exists
+    (not a Hugging Face tokenizer).
+
+    Not ``len(tokenizer) - 1`` in general: ids may have gaps (a vocabulary file is free to skip ids), and then the
+    highest id is larger than the count.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if callable(get_vocab):
+        try:
+            vocab = get_vocab()
+        except (NotImplementedError, TypeError, AttributeError):
+            vocab = None
+        if vocab:
+            return max(int(i) for i in vocab.values())
+    try:
+        return len(tokenizer) - 1
+    except TypeError:
+        return None
+
+
+def check_vocab_fits(top: int, text_config, tower: str) -> None:
+    """Every id the tokenizer makes (up to ``top``, its ``highest_id``) must index the ``tower`` ("CLIP" /
+    "SigLIP") text tower's embeddings."""
+    vocab = getattr(text_config, "vocab_size", None)
+    if vocab is not None and top is not None and top >= vocab:
+        raise ValueError(f"tokenizer: it makes ids up to {top}, beyond the {tower} text tower's vocab_size {vocab} "
+                         f"(ids 0..{vocab - 1}); pass the {tower} tokenizer of the same checkpoint (not the LLM's)")
+
+
 def check_tokenizer(tokenizer, text_config) -> None:
     """Refuse a tokenizer that cannot be the text tower's own (say, the LLM's): every id it makes must be in the
     tower's vocabulary, and its [EOS] must be the token the tower pools at.
 
     The tower pools at the first ``eos_token_id`` of each row, except configs that keep the legacy
-    ``eos_token_id = 2`` (the original OpenAI checkpoints), which pool at the highest id: the tokenizer's [EOS]
-    must then be its highest id.
+    ``eos_token_id = 2`` (the original OpenAI checkpoints), which pool at the highest id of the row: the
+    tokenizer's [EOS] must then be the highest id it can produce (``highest_id``: ids may have gaps).
     """
-    vocab = getattr(text_config, "vocab_size", None)
-    try:
-        n = len(tokenizer)
-    except TypeError:
+    top = highest_id(tokenizer)
+    if top is None:
         return  # not a Hugging Face tokenizer: nothing to compare
+    check_vocab_fits(top, text_config, "CLIP")
     eos = getattr(tokenizer, "eos_token_id", None)
-    if vocab is not None and n > vocab:
-        raise ValueError(f"tokenizer: its {n}-token vocabulary does not fit the CLIP text tower's vocab_size "
-                         f"{vocab}; pass the CLIP tokenizer of the same checkpoint (not the LLM's)")
     if eos is None:
         raise ValueError("tokenizer: has no eos_token_id; the CLIP text tower pools at [EOS]")
     tower_eos = getattr(text_config, "eos_token_id", None)
     if tower_eos == 2:
-        if eos != n - 1:
+        if eos != top:
             raise ValueError(f"tokenizer: [EOS] is id {eos}, but this CLIP text tower (legacy eos_token_id=2) pools "
-                             f"at the highest id ({n - 1}); pass the CLIP tokenizer of the same checkpoint")
+                             f"at the highest id ({top}); pass the CLIP tokenizer of the same checkpoint")
     elif tower_eos is not None and eos != tower_eos:
         raise ValueError(f"tokenizer: [EOS] is id {eos}, but the CLIP text tower pools at eos_token_id={tower_eos}; "
                          "pass the CLIP tokenizer of the same checkpoint (not the LLM's)")

@@ -68,7 +68,9 @@ def _gather_tokens_out_fake(tokens: Tensor, indices: Tensor, *, out: Tensor) -> 
     torch._check(out.device == tokens.device,
                  lambda: f"gather_tokens: out must be on the device of tokens ({tokens.device}), got {out.device}")
     shape = (tokens.shape[0], indices.shape[1], tokens.shape[2])
-    if tuple(out.shape) != shape:  # the kernels resize out as torch's out= ops do
+    torch._check(out.numel() == 0 or tuple(out.shape) == shape,
+                 lambda: f"gather_tokens: out must have shape [B, R, C] = {list(shape)}, got {list(out.shape)}")
+    if tuple(out.shape) != shape:  # an empty out is sized, as the kernels do
         out.resize_(shape)
     return out
 
@@ -101,6 +103,10 @@ def _check_args(tokens, indices, out) -> None:
             raise TypeError(f"out must have the dtype of tokens ({tokens.dtype}), got {out.dtype}")
         if out.device != tokens.device:
             raise ValueError(f"out is on {out.device} but tokens is on {tokens.device}: they must share a device")
+        shape = (tokens.shape[0], indices.shape[1], tokens.shape[2])
+        if out.numel() != 0 and tuple(out.shape) != shape:
+            raise ValueError(f"out must have shape [B, R, C] = {list(shape)} (tokens [B, M, C], indices [B, R]), "
+                             f"got {list(out.shape)}; pass an empty tensor to have it sized")
         if torch.is_grad_enabled() and (tokens.requires_grad or out.requires_grad):
             raise RuntimeError("gather_tokens(): the out= variant does not support automatic differentiation "
                                "(tokens or out requires grad); call it without out=")
@@ -117,8 +123,10 @@ def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = No
         [B, R], int32 or int64, values in [0, M) (no negative wrapping),
         duplicates allowed, on the device of ``tokens``.
     out : Tensor, optional
-        [B, R, C] tensor of ``tokens``' dtype and device; resized if its shape
-        differs (with torch's usual warning when it was not empty).
+        [B, R, C] tensor of ``tokens``' dtype and device, any strides; an
+        empty one (0 elements) is sized to [B, R, C]. Any other shape is
+        refused (torch's out= ops would resize it with a warning, silently
+        replacing a preallocated buffer).
 
     Returns
     -------
@@ -129,7 +137,8 @@ def gather_tokens(tokens: Tensor, indices: Tensor, *, out: Optional[Tensor] = No
     Raises
     ------
     TypeError, ValueError
-        Naming the argument, for a wrong type, dtype, rank, device or batch size.
+        Naming the argument, for a wrong type, dtype, rank, device or batch
+        size, or an ``out`` of another shape.
     RuntimeError
         Naming the value and position of an out-of-range index on the CPU (a
         device-side assert on CUDA).
