@@ -158,13 +158,16 @@ def sharpen(model, std: float, seed: int = 2) -> None:
                     p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None):
+def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None,
+              feature_layer=-2):
     """LlavaForConditionalGeneration ("llava"), LlavaNext... ("llava_next") or LlavaNextVideo... ("llava_next_video")
     with ``clip``'s vision weights in its tower (``llm_std``: see ``sharpen``); "llava_siglip": LLaVA with a SigLIP
-    tower as LLaVA-Interleave ("full", the original's last layer dropped), ``clip`` then being ``tiny_siglip``'s."""
+    tower as LLaVA-Interleave ("full", the original's last layer dropped), ``clip`` then being ``tiny_siglip``'s.
+    ``feature_layer``: the config's ``vision_feature_layer`` (an int, or a list whose states are concatenated)."""
     torch.manual_seed(seed)
     common = dict(vision_config=vision_config(), text_config=text_config(), image_token_index=IMAGE_TOKEN,
-                  vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                  vision_feature_layer=feature_layer, vision_feature_select_strategy="default",
+                  projector_hidden_act="gelu",
                   # transformers 4.4x treat fewer placeholders than these as "not expanded by the processor"
                   image_seq_length=M, video_seq_length=(IMAGE // PATCH // 2) ** 2)
     if family == "llava":
@@ -209,7 +212,7 @@ def example_setup(family: str, doc: str, argv, retain: int, retain_help: str, bu
     if budget:
         p.add_argument(budget[0], choices=budget[1], default=budget[1][0])
     p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=3, help="timed forwards (median)")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds (median, p20-p80)")
     args = p.parse_args(argv)
     if family in SIGLIP_FAMILIES:  # the tower's checkpoint is a SigLIP one: its tokenizer, its head
         tok = siglip_tokenizer()
@@ -224,11 +227,15 @@ def example_setup(family: str, doc: str, argv, retain: int, retain_help: str, bu
 SIGLIP_FAMILIES = {"llava_siglip": lambda siglip: tiny_lvlm("llava_siglip", siglip)}
 
 
-def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pad_left: tuple = ()):
+def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pad_left: tuple = (),
+               stock=None):
     """input_ids / attention_mask as a processor makes them: text, the placeholders of each image, text.
 
     n_images_per_row: images per prompt; placeholders: placeholder count of each image (flat, in order);
     pad_left: extra left-padding per row (the rows are left-padded to the longest anyway).
+    stock: the stock placeholders of each image when ``placeholders`` are the kept ones: the rows are then laid
+    out as a LiteLVLM-patched model lays out its shrunk prompt (each row loses its own dropped placeholders; the
+    batch keeps the stock prompt's length minus the fewest any row dropped, the other rows left-padded).
     """
     g = torch.Generator().manual_seed(seed)
     rows, k = [], 0
@@ -241,6 +248,11 @@ def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pa
         row += torch.randint(3, VOCAB - 3, (lengths[1],), generator=g).tolist()
         rows.append([PAD] * (pad_left[b] if b < len(pad_left) else 0) + row)
     L = max(len(r) for r in rows)
+    if stock is not None:
+        starts = [sum(n_images_per_row[:b]) for b in range(len(rows))]
+        drops = [sum(stock[i][1] - placeholders[i][1] for i in range(s, s + n))
+                 for s, n in zip(starts, n_images_per_row)]
+        L = max(len(r) + d for r, d in zip(rows, drops)) - min(drops)
     ids = torch.full((len(rows), L), PAD)
     mask = torch.zeros(len(rows), L, dtype=torch.long)
     for b, r in enumerate(rows):
@@ -249,7 +261,7 @@ def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pa
     return ids, mask
 
 
-def demo(model, clip, tokenizer, inputs: dict, expressions, *, new_tokens: int = 8, repeat: int = 3,
+def demo(model, clip, tokenizer, inputs: dict, expressions, *, new_tokens: int = 8, repeat: int = 5,
          full_size: tuple = ("vicuna-7b", 576), **settings) -> dict:
     """Stock generate vs LiteLVLM generate on ``inputs``; prints tokens, FLOPs, KV bytes and time, returns them.
 
@@ -323,10 +335,12 @@ def tiny_paligemma(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | N
 
 
 def paligemma_prompt(n_images_per_row, prompt_lengths=(4, 6), suffix_lengths=None, side: str = "left",
-                     seed: int = 0, placeholders: int = M) -> dict:
+                     seed: int = 0, placeholders: int = M, stock: int | None = None) -> dict:
     """input_ids, attention_mask, token_type_ids (and labels with ``suffix_lengths``) as PaliGemmaProcessor makes
     them: ``placeholders`` image tokens per image, then <bos> + prompt + "\\n" (token type 0, the bidirectional
-    prefix), then the suffix (type 1, labels = its ids; -100 on the prefix and the padding); padded on ``side``."""
+    prefix), then the suffix (type 1, labels = its ids; -100 on the prefix and the padding); padded on ``side``.
+    ``stock``: the stock placeholders per image when ``placeholders`` are the kept ones (laid out as
+    ``prompt_ids(stock=...)`` says)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for b, n in enumerate(n_images_per_row):
@@ -337,6 +351,9 @@ def paligemma_prompt(n_images_per_row, prompt_lengths=(4, 6), suffix_lengths=Non
             3, VOCAB - 3, (suffix_lengths[b % len(suffix_lengths)],), generator=g).tolist()
         rows.append((prefix, suffix))
     L = max(len(p) + len(s) for p, s in rows)
+    if stock is not None:
+        drops = [(stock - placeholders) * n for n in n_images_per_row]
+        L = max(len(p) + len(s) + d for (p, s), d in zip(rows, drops)) - min(drops)
     ids = torch.full((len(rows), L), PAD)
     mask, types = torch.zeros(len(rows), L, dtype=torch.long), torch.zeros(len(rows), L, dtype=torch.long)
     labels = torch.full((len(rows), L), -100)

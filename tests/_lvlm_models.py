@@ -170,6 +170,17 @@ def siglip_scores(hidden_for_similarity, px, expressions):
     return s, reference.map_contribution_direct(q, k, val, w_o, attn.num_heads)
 
 
+def spy_forward(patch, seen: list):
+    """Record the arguments the patch hands to the stock forward."""
+    orig = patch._orig_forward
+
+    def spy(**kw):
+        seen.append(kw)
+        return orig(**kw)
+
+    patch._orig_forward = spy
+
+
 def greedy(model, inputs, **kw):
     """Greedy generate, 4 new tokens unless told otherwise."""
     kw.setdefault("max_new_tokens", 4)

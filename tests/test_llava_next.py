@@ -146,7 +146,8 @@ def test_next_pruned_equals_hand_built(next_model, next_batch, budget, newline):
             pos = keep_positions(tags[i], kept, newline)
             hand.append(packed[i][pos])
             counts.append(len(pos))
-        ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, n) for n in counts])
+        ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, n) for n in counts],
+                                  stock=[(tl.IMAGE_TOKEN, len(t)) for t in tags])
         embeds = lm.embed_merge(next_model, ids, tl.IMAGE_TOKEN, torch.cat(hand))
         want = next_model(inputs_embeds=embeds, attention_mask=mask).logits
         with enable(next_model, num_retain=R, budget=budget, image_newline=newline) as patch:

@@ -208,7 +208,8 @@ def hand_built(model, batch, V, R, budget, newline, per_image, multi_views):
             pos = keep_positions(*shape[i], kept, newline, multi_views[i])
             hand.append(packed[i][pos])
             counts.append(len(pos))
-        ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, n) for n in counts])
+        ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, n) for n in counts],
+                                  stock=[(tl.IMAGE_TOKEN, n) for n, _ in shape])
         embeds = lm.embed_merge(model, ids, tl.IMAGE_TOKEN, torch.cat(hand))
         return model(inputs_embeds=embeds, attention_mask=mask).logits, mask, counts, kept_all
 
@@ -370,8 +371,10 @@ def test_bad_inputs_named(model, anyres, multi):
             model(**dict(batch, pixel_values=batch["pixel_values"][:, :2]), referring_expressions=EXPRS)
         with pytest.raises(ValueError, match="input_ids"):  # placeholders of another image size
             model(**dict(batch, image_sizes=SIZES[[1, 1, 1]]), referring_expressions=EXPRS)
-        with pytest.raises(ValueError, match="vision_feature_layer"):
-            model(**batch, referring_expressions=EXPRS, vision_feature_layer=-2)
+        with pytest.raises(TypeError, match="vision_feature_layer"):
+            model(**batch, referring_expressions=EXPRS, vision_feature_layer="last")
+        with pytest.raises(ValueError, match="vision_feature_select_strategy"):
+            model(**batch, referring_expressions=EXPRS, vision_feature_select_strategy="default")
         with pytest.raises(ValueError, match="referring_expressions"):
             model(**batch)
 

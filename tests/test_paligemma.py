@@ -47,10 +47,12 @@ def model():
     return lm.paligemma()
 
 
-def batch(suffix: bool = True, side: str = "left", placeholders: int = M, pixels: bool = True) -> dict:
-    """2 prompts as PaliGemmaProcessor makes them: row 0 one image, row 1 two; a suffix (labels) if asked."""
+def batch(suffix: bool = True, side: str = "left", placeholders: int = M, pixels: bool = True,
+          stock: int | None = None) -> dict:
+    """2 prompts as PaliGemmaProcessor makes them: row 0 one image, row 1 two; a suffix (labels) if asked;
+    ``stock``: laid out as the patched model shrinks a prompt of ``stock`` placeholders per image."""
     b = tl.paligemma_prompt([1, 2], suffix_lengths=(3, 2) if suffix else None, side=side,
-                            placeholders=placeholders)
+                            placeholders=placeholders, stock=stock)
     if pixels:
         b["pixel_values"] = lm.pixels(3, 3, tl.IMAGE, tl.IMAGE)
     return b
@@ -98,20 +100,9 @@ def hand_built(model, per_image, R, min_votes=1, order="official", suffix=True, 
     px = lm.pixels(3, 3, tl.IMAGE, tl.IMAGE)
     feats = stock_features(model, px)
     kept = [feats[i, idx] for i, (idx, _) in enumerate(reference_indices(model, px, per_image, R, min_votes, order))]
-    b = batch(suffix=suffix, side=side, placeholders=min(R, M), pixels=False)
+    b = batch(suffix=suffix, side=side, placeholders=min(R, M), pixels=False, stock=M)
     b["inputs_embeds"] = lm.embed_merge(model, b["input_ids"], tl.IMAGE_TOKEN, torch.cat(kept))
     return b
-
-
-def spy_forward(patch, seen: list):
-    """Record the arguments the patch hands to the stock forward."""
-    orig = patch._orig_forward
-
-    def spy(**kw):
-        seen.append(kw)
-        return orig(**kw)
-
-    patch._orig_forward = spy
 
 
 def test_keep_all_in_raster_order_equals_stock(model):
@@ -147,7 +138,7 @@ def test_pruned_equals_hand_built_pipeline(model, multi_text, min_votes, order):
         want = model(**without(hand, "input_ids"))
         with enable(model, num_retain=R, multi_text=multi_text, order=order) as patch:
             seen = []
-            spy_forward(patch, seen)
+            lm.spy_forward(patch, seen)
             got = model(**train, referring_expressions=EXPRS)
             if multi_text == "union":  # generate once: left padding, mixed expressions, 1 and 2 images
                 prompt, hand_prompt = batch(suffix=False), hand_built(model, PER_IMAGE, R, suffix=False)
@@ -173,11 +164,13 @@ def test_token_types_reach_the_mask_and_right_padding(model):
     R = 8
     left, right = batch(), batch(side="right")
     kept = left["attention_mask"].sum(1) - (M - R) * torch.tensor([1, 2])  # real tokens the LLM sees per row
-    with torch.no_grad(), enable(model, num_retain=R):
+    with torch.no_grad(), enable(model, num_retain=R) as patch:
         a = model(**left, referring_expressions=EXPRS)
         causal = model(**without(left, "token_type_ids"), referring_expressions=EXPRS)
         pos = (left["attention_mask"].cumsum(1) - 1).clamp_min(0) + 1  # PaliGemma's positions start at 1
-        d = model(**left, position_ids=pos, referring_expressions=EXPRS)
+        seen = []
+        lm.spy_forward(patch, seen)
+        model(**left, position_ids=pos, referring_expressions=EXPRS)
         # transformers 4.45 unmasks every type-0 key after the padding mask when training (labels), padding
         # included, so its stock results depend on the padding side there; compare without labels on it
         keys = ("labels",) if OLD_MASK else ()
@@ -188,8 +181,13 @@ def test_token_types_reach_the_mask_and_right_padding(model):
         torch.testing.assert_close(c.logits[r, :n], a_pad.logits[r, -n:], rtol=1e-4, atol=1e-4)
     if not OLD_MASK:
         torch.testing.assert_close(c.loss, a.loss, rtol=1e-5, atol=1e-6)
-    # given positions are renumbered over the dropped placeholders: row 1 (no left padding) as without them
-    torch.testing.assert_close(d.logits[1], a.logits[1], rtol=1e-5, atol=1e-5)
+    # given positions are renumbered over the dropped placeholders: each row's real tokens keep consecutive
+    # positions from its first one; the extra padding of the row that dropped more gets 1, as the padding
+    given, shrunk_mask = seen[0]["position_ids"], seen[0]["attention_mask"].bool()
+    for r in range(2):
+        n = int(shrunk_mask[r].sum())
+        assert given[r][shrunk_mask[r]].tolist() == list(range(1, n + 1))
+        assert (given[r][~shrunk_mask[r]] == 1).all()
 
 
 def test_deepcopy_is_patched_on_its_own_weights(model):

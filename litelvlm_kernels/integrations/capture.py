@@ -56,6 +56,14 @@ class VisionCapture:
     contribution: torch.Tensor | None = None  # [B, M] fp32, computed by the capture (SigLIP: the pooling head's)
     stock_features: torch.Tensor | None = None  # [B, M, Dv] when the stock hidden_states[select_layer] is not
     #                                             ``hidden`` (see ``features``)
+    # The tower's own outputs, as its stock forward gives them (what an LVLM returns as its vision outputs):
+    # ``states`` the hidden_states tuple, numbered as the stock forward numbers it (0 = embeddings, i = output of
+    # layer i - 1, [CLS] included for CLIP; the last entry only when the tower ran to its end), and
+    # ``last_hidden_state`` (CLIP: the last layer's output; SigLIP: its post-layernormed output); None when the
+    # capture stopped early. ``pixel_values``: the rows the capture ran on.
+    states: tuple | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pixel_values: torch.Tensor | None = None
 
     @property
     def features(self) -> torch.Tensor:
@@ -173,16 +181,17 @@ def capture_vision(vision_model: torch.nn.Module, pixel_values: torch.Tensor, *,
     L = len(layers)
     idx = normalise_layer(select_layer, L)
     h = tower.pre_layrnorm(embed(tower, pixel_values, interpolate_pos_encoding))
-    selected = h if idx == 0 else None
+    states = [h]
     for i in range(L - 1):
         h = run_layer(layers[i], h)
-        if i + 1 == idx:
-            selected = h
+        states.append(h)
     last = layers[-1]
     attn = last.self_attn
     q_cls, keys, values = last_layer_qkv(h, last.layer_norm1, attn.q_proj, attn.k_proj, attn.v_proj)
+    out = None
     if idx == L or not stop_early:
         out = run_layer(last, h)
-        if idx == L:
-            selected = out
-    return VisionCapture(hidden=selected[:, 1:], q_cls=q_cls, keys=keys, values=values, cls_hidden=selected[:, 0])
+        states.append(out)
+    selected = states[idx]
+    return VisionCapture(hidden=selected[:, 1:], q_cls=q_cls, keys=keys, values=values, cls_hidden=selected[:, 0],
+                         states=tuple(states), last_hidden_state=out, pixel_values=pixel_values)

@@ -53,6 +53,11 @@ def _resolved(name: str, kwargs: dict, generation_config, model) -> Any:
     return None, False
 
 
+def resolved(name: str, kwargs: dict, model):
+    """The value generate() will use for ``name`` (the call's, the passed generation_config's, the model's)."""
+    return _resolved(name, kwargs, kwargs.get("generation_config"), model)[0]
+
+
 def length_overrides(model, kwargs: dict, dropped: int) -> dict:
     """``max_length`` / ``min_length`` lowered by ``dropped`` when they are explicit (not the library default)."""
     try:
@@ -172,6 +177,16 @@ def cache_of(kwargs: dict):
         if kwargs.get(k) is not None:
             return k, kwargs[k]
     return None, None
+
+
+def output_cache(out):
+    """The cache a model output carries: ``cache`` (transformers 5.2x) or ``past_key_values`` (earlier), read by
+    its field so 5.2x's deprecation warning on the old name never fires."""
+    fields = getattr(type(out), "__dataclass_fields__", {})
+    for k in CACHE_KEYS:
+        if k in fields:
+            return getattr(out, k)
+    return None
 
 
 def cached_length(cache) -> int:

@@ -1,25 +1,25 @@
-"""Stock LVLM inputs -> the inputs of a forward that sees only the kept visual tokens.
+"""The stock LVLM call's inputs: checked at the boundary, and each visual item's placeholder run and prompt.
 
-Steps 1, 3 and 4 of ``lvlm.py``'s list: find each item's placeholder run and
-its prompt, shrink the runs to the kept counts and re-pad the rows
-(``attention_mask``, ``position_ids`` renumbered, ``labels``, ``token_type_ids``), embed and merge.
+Step 1 of ``lvlm.py``'s list (``prompt.py`` does steps 3 and 4): the
+placeholders are read from ``input_ids`` or, when the caller passes
+``inputs_embeds`` instead, from the rows equal to the placeholder token's
+embedding, as the stock models find them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._towers import config_get
 from .capture import check_pixels
 from .text import check_expression
 
-# The call's per-token arguments: shrunk with input_ids (each item's dropped placeholders removed, the rows re-padded
-# on their side) -> the value their padding gets. token_type_ids: PaliGemma's prefix (0, attended bidirectionally)
-# / suffix (1) marks; the kept placeholders keep their type, so the prefix-LM mask stays the stock one minus the
-# dropped tokens.
-PER_TOKEN = {"attention_mask": 0, "position_ids": 1, "labels": -100, "token_type_ids": 0}
+# The call's per-token arguments: shrunk with input_ids (each item's dropped placeholders removed, the caller's padding
+# kept, see ``prompt.shrink``) -> the value a padding position gets. token_type_ids: PaliGemma's prefix (0, attended
+# bidirectionally) / suffix (1) marks; the kept placeholders keep their type, so the prefix-LM mask stays the stock one
+# minus the dropped tokens. shift_labels: transformers 5's pre-shifted labels, aligned with input_ids like labels.
+PER_TOKEN = {"attention_mask": 0, "position_ids": 1, "labels": -100, "shift_labels": -100, "token_type_ids": 0}
 # those checked against input_ids' shape here (position_ids may be [1, L] or 3-D in other models: not checked)
-_SAME_SHAPE = ("attention_mask", "labels", "token_type_ids")
+_SAME_SHAPE = ("attention_mask", "labels", "shift_labels", "token_type_ids")
 
 
 def check_inputs(adapter, kwargs: dict) -> None:
@@ -28,23 +28,40 @@ def check_inputs(adapter, kwargs: dict) -> None:
     The stock model would fail deep inside (an embedding error for float ids, an IndexError for 1-D ids) or,
     worse, read a 3-D or 5-D ``pixel_values`` as another number of images.
     """
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is not None and (not isinstance(embeds, torch.Tensor) or embeds.dim() != 3
+                               or not embeds.is_floating_point()):
+        got = (f"shape {tuple(embeds.shape)}, {embeds.dtype}" if isinstance(embeds, torch.Tensor)
+               else type(embeds).__name__)
+        raise ValueError(f"inputs_embeds: expected a floating [batch, sequence, hidden] tensor, got {got}")
+    if kwargs.get("mm_encoder_outputs") is not None:  # transformers 5.2x: features encoded beforehand
+        raise ValueError("mm_encoder_outputs: cannot be combined with pixel inputs (the stock model refuses both too)")
     ids = kwargs.get("input_ids")
-    if ids is None:
-        raise ValueError("input_ids: needed with pixel inputs (LiteLVLM shrinks their placeholder runs)")
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"input_ids: expected a torch.Tensor, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"input_ids: expected integer token ids, got {ids.dtype}")
-    if ids.dim() != 2:
-        raise ValueError(f"input_ids: expected [batch, sequence], got shape {tuple(ids.shape)}"
-                         + (" (add the batch dimension: input_ids[None])" if ids.dim() == 1 else ""))
+    if ids is None and embeds is None:
+        raise ValueError("input_ids: needed with pixel inputs (or inputs_embeds holding the placeholder token's "
+                         "embedding at each image position, as the stock model takes them)")
+    if ids is not None:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"input_ids: expected a torch.Tensor, got {type(ids).__name__}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"input_ids: expected integer token ids, got {ids.dtype}")
+        if ids.dim() != 2:
+            raise ValueError(f"input_ids: expected [batch, sequence], got shape {tuple(ids.shape)}"
+                             + (" (add the batch dimension: input_ids[None])" if ids.dim() == 1 else ""))
+        if embeds is not None and tuple(embeds.shape[:2]) != tuple(ids.shape):
+            raise ValueError(f"inputs_embeds: shape {tuple(embeds.shape)} does not match input_ids "
+                             f"{tuple(ids.shape)}")
+    else:
+        ids = embeds[..., 0]  # the [batch, sequence] shape the per-token arguments are checked against
+    prompt = "input_ids" if kwargs.get("input_ids") is not None else "inputs_embeds"
     for name in _SAME_SHAPE:
         t = kwargs.get(name)
         if t is not None and (not isinstance(t, torch.Tensor) or t.shape != ids.shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name}: expected the shape of input_ids {tuple(ids.shape)}, got {got}")
+            raise ValueError(f"{name}: expected the shape of {prompt} {tuple(ids.shape)}, got {got}")
         if name != "attention_mask" and t is not None and (t.is_floating_point() or t.is_complex()):
             raise TypeError(f"{name}: expected integer values, got {t.dtype}")
+    adapter.check_call(kwargs)
     vision_config = adapter.model.config.vision_config
     for mod in adapter.modalities():
         px = kwargs.get(mod.pixel_key)
@@ -52,7 +69,21 @@ def check_inputs(adapter, kwargs: dict) -> None:
             check_pixels(px, vision_config, mod.pixel_key, mod.pixel_dims)
 
 
-def _items_per_row(ids: torch.Tensor, token_id: int, counts: list, what: str) -> tuple:
+def placeholder_ids(adapter, kwargs: dict) -> torch.Tensor:
+    """[B, L] ids that locate the placeholders: ``input_ids``, or, with ``inputs_embeds`` alone, each modality's
+    token id where a row equals that token's embedding (the stock ``get_placeholder_mask`` rule) and -1 elsewhere."""
+    if kwargs.get("input_ids") is not None:
+        return kwargs["input_ids"]
+    embeds = kwargs["inputs_embeds"]
+    table = adapter.model.get_input_embeddings()
+    ids = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
+    for mod in adapter.modalities():
+        token = table(torch.full((), mod.token_id, dtype=torch.long, device=embeds.device)).to(embeds.dtype)
+        ids = ids.masked_fill((embeds == token).all(-1), mod.token_id)
+    return ids
+
+
+def items_per_row(ids: torch.Tensor, token_id: int, counts: list, what: str) -> tuple:
     """(flat positions of each item's placeholders, row of each item); checks the count is exact."""
     mask = ids == token_id
     per_row = mask.sum(1).tolist()
@@ -72,7 +103,7 @@ def _items_per_row(ids: torch.Tensor, token_id: int, counts: list, what: str) ->
     return mask, rows
 
 
-def _expressions_per_item(expressions, rows: list, batch: int, missing: str) -> list:
+def expressions_per_item(expressions, rows: list, batch: int, missing: str) -> list:
     if expressions is None:
         if missing == "cls":
             return [[] for _ in rows]
@@ -100,97 +131,6 @@ def _expressions_per_item(expressions, rows: list, batch: int, missing: str) -> 
                              "or enable with missing_expressions='cls'")
         per_row.append(e)
     return [per_row[b] for b in rows]
-
-
-def _padding_side(attention_mask) -> str:
-    if attention_mask is not None and not bool(attention_mask[:, 0].all()) and bool(attention_mask[:, -1].all()):
-        return "left"
-    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
-        return "right"
-    return "left"  # no padding in the input: left, what generate() needs for decoder-only models
-
-
-def shrink(dropped: torch.Tensor, real: torch.Tensor, tensors: dict, pads: dict, side: str) -> dict:
-    """Drop the ``dropped`` [B, L] placeholders and the padding (``~real``) of each [B, L] tensor, re-pad the
-    rows to the longest on ``side`` with ``pads[name]``.
-
-    ``position_ids`` are renumbered (minus the placeholders dropped before each position) so each row's
-    positions stay consecutive.
-    """
-    keep = real & ~dropped
-    n = keep.sum(1)
-    L = int(n.max()) if n.numel() else 0
-    out = {}
-    for name, t in tensors.items():
-        if t is None:
-            out[name] = None
-            continue
-        if name == "position_ids":
-            t = t - dropped.long().cumsum(1)
-        new = t.new_full((t.shape[0], L), pads[name])
-        for b in range(t.shape[0]):
-            row = t[b][keep[b]]
-            if side == "left":
-                new[b, L - row.numel():] = row
-            else:
-                new[b, :row.numel()] = row
-        out[name] = new
-    return out
-
-
-def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
-    """Stock inputs -> (kwargs for the stock forward / generate with inputs_embeds, shrunk input_ids, report)."""
-    ids = kwargs["input_ids"]  # check_inputs ran first
-    for name in ("inputs_embeds", "mm_encoder_outputs"):  # the latter: pre-encoded features (transformers 5.2x)
-        if kwargs.get(name) is not None:
-            raise ValueError(f"{name}: cannot be combined with pixel inputs while LiteLVLM is enabled")
-    s = adapter.settings
-    dropped = torch.zeros_like(ids, dtype=torch.bool)
-    merges, report = [], {}
-    for mod in adapter.modalities():
-        if kwargs.get(mod.pixel_key) is None:
-            continue
-        counts = mod.stock_counts(kwargs)
-        what = "video" if "video" in mod.pixel_key else "image"
-        mask, rows = _items_per_row(ids, mod.token_id, counts, what)
-        cond = adapter.text_condition(_expressions_per_item(expressions, rows, ids.shape[0], s.missing_expressions))
-        feats, views = mod.features(kwargs, cond)
-        flat = mask.flatten().nonzero().flatten()
-        start, kept_counts = 0, []
-        if len(feats) != len(counts) or any(f.shape[0] > n for n, f in zip(counts, feats)):
-            raise RuntimeError(f"{type(adapter).__name__}: built {[f.shape[0] for f in feats]} {what} features for "
-                               f"runs of {counts} placeholders (an adapter bug: it may only shrink them)")
-        for n, f in zip(counts, feats):
-            dropped.view(-1)[flat[start + f.shape[0]:start + n]] = True  # the tail of each item's run
-            start += n
-            kept_counts.append(f.shape[0])
-        merges.append((mod.token_id, torch.cat(feats, 0)))
-        report[what] = {"stock": counts, "kept": kept_counts, "views": views}
-    mask = kwargs.get("attention_mask")
-    side = _padding_side(mask)
-    if mask is None:
-        mask = torch.ones_like(ids)
-    cfg = adapter.model.config
-    pad_id = config_get(cfg, "pad_token_id", default=None)
-    if pad_id is None:
-        pad_id = config_get(getattr(cfg, "text_config", cfg), "pad_token_id", default=0)
-    tensors = {"input_ids": ids, **{k: kwargs.get(k) for k in PER_TOKEN}, "attention_mask": mask}
-    new = shrink(dropped, mask.bool(), tensors, {"input_ids": pad_id, **PER_TOKEN}, side)
-    embeds = adapter.model.get_input_embeddings()(new["input_ids"])
-    for token_id, feats in merges:
-        where = (new["input_ids"] == token_id).unsqueeze(-1).expand_as(embeds)
-        embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
-    out = {k: v for k, v in kwargs.items() if k not in pixel_keys(adapter)}
-    out.update(attention_mask=new["attention_mask"], inputs_embeds=embeds, input_ids=None)
-    for k in PER_TOKEN:
-        if k != "attention_mask" and new[k] is not None:
-            out[k] = new[k]
-    visual = [token_id for token_id, _ in merges]
-    report["rows"] = {  # per prompt: what the LLM attends to, before and after
-        "visual_stock": sum((ids == t).sum(1) for t in visual).tolist(),
-        "visual_kept": sum((new["input_ids"] == t).sum(1) for t in visual).tolist(),
-        "tokens_stock": mask.sum(1).tolist(), "tokens_kept": new["attention_mask"].sum(1).tolist()}
-    return out, new["input_ids"], report
 
 
 def pixel_keys(adapter) -> set:

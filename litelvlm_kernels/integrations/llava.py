@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ._towers import config_get, model_part
-from .lvlm import FamilyAdapter, Modality, register_adapter
+from .adapter import FamilyAdapter, Modality, register_adapter
 from .views import view_reports
 
 
@@ -40,9 +41,14 @@ class LlavaAdapter(FamilyAdapter):
     """``model_type == "llava"``: pixel_values [N, 3, H, W], one row per image."""
 
     model_types = ("llava",)
+    per_call_strategy = True  # a call's vision_feature_select_strategy changes the placeholder count, as stock
+    tower_sees_output_flags = True  # LlavaModel.forward hands its **kwargs to get_image_features and the tower
 
     def check_model(self) -> None:
-        if self.strategy() == "default" and not self.pruner.has_cls:
+        self.check_strategy(self.strategy())
+
+    def check_strategy(self, st: str) -> None:
+        if st == "default" and not self.pruner.has_cls:
             raise ValueError("vision_feature_select_strategy='default' drops row 0 as [CLS], but this SigLIP tower "
                              "has no [CLS] (row 0 is a real patch); SigLIP LLaVA checkpoints use 'full'")
 
@@ -53,21 +59,28 @@ class LlavaAdapter(FamilyAdapter):
         return self.side() ** 2
 
     def modalities(self) -> list:
-        extra = 1 if self.strategy() == "full" and self.pruner.has_cls else 0
         return [Modality("pixel_values", image_token_id(self.model.config), ("image_sizes",),
-                         lambda kw: [self.num_patches() + extra] * kw["pixel_values"].shape[0],
+                         lambda kw: [self.num_patches() + self.extra(kw)] * kw["pixel_values"].shape[0],
                          self.image_features)]
 
-    def image_features(self, kwargs: dict, cond) -> list:
+    def extra(self, kwargs: dict) -> int:
+        """1 when [CLS] goes to the LLM as a token too (a CLIP tower with "full"); the call's strategy counts."""
+        st = self.strategy(kwargs)
+        self.check_strategy(st)
+        return 1 if st == "full" and self.pruner.has_cls else 0
+
+    def image_features(self, kwargs: dict, cond) -> tuple:
         s = self.settings
         px = kwargs["pixel_values"]
-        full = self.strategy() == "full" and self.pruner.has_cls  # [CLS] kept as a token
         res = self.pruner.prune(px, text=cond, num_retain=s.num_retain, multi_text=s.multi_text,
-                                k_per_text=s.k_per_text, order=s.order, return_capture=full)
-        tokens = res.tokens
-        if full:  # [CLS] first, as in hidden_states[layer] itself
-            tokens = torch.cat([res.capture.cls_hidden.unsqueeze(1), tokens], 1)
-        feats = model_part(self.model, "multi_modal_projector")(tokens)
+                                k_per_text=s.k_per_text, order=s.order, return_tokens=False, return_capture=True,
+                                full_tower=True)
+        feats = self.features_of(res.capture, kwargs)  # [N, (1 +) M, C]: what the stock projector reads
+        extra = self.extra(kwargs)
+        tokens = ops.gather_tokens(feats[:, extra:], res.indices)
+        if extra:  # [CLS] first, as in hidden_states[layer] itself
+            tokens = torch.cat([feats[:, :1], tokens], 1)
+        projected = model_part(self.model, "multi_modal_projector")(tokens)
         g = self.side()
         views = view_reports(list(zip(res.indices, res.from_similarity)), (g, g))
-        return list(feats), [[v] for v in views]
+        return list(projected), [[v] for v in views], res.capture

@@ -35,8 +35,8 @@ import sys
 import torch
 
 from ._towers import model_part
+from .adapter import FamilyAdapter, Modality, register_adapter
 from .llava import grid_side, image_token_id
-from .lvlm import FamilyAdapter, Modality, register_adapter
 from .views import contribution, select_views, view_reports, view_similarity
 
 
@@ -116,7 +116,7 @@ class LlavaNextAdapter(FamilyAdapter):
         geos = self._check_sizes(kwargs)
         px = kwargs["pixel_values"]
         rows = torch.cat([px[i, :geo["views"]] for i, geo in enumerate(geos)]) if px.dim() == 5 else px
-        cap = self.pruner.capture(rows)
+        cap = self.pruner.capture(rows, full_tower=True)
         counts = [geo["views"] for geo in geos]
         view_item = torch.repeat_interleave(torch.arange(len(geos)), torch.tensor(counts))
         s, num = view_similarity(self.pruner, cap.hidden, cond, view_item)
@@ -126,12 +126,12 @@ class LlavaNextAdapter(FamilyAdapter):
         groups = [list(range(starts[i], starts[i + 1])) for i in range(len(geos))]
         chosen = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.budget == "global")
         kept = [idx for idx, _ in chosen]
-        proj = model_part(self.model, "multi_modal_projector")(cap.hidden)  # [views, M, H], as stock
+        proj = model_part(self.model, "multi_modal_projector")(self.features_of(cap, kwargs))  # [views, M, H]
         newline = model_part(self.model, "image_newline")
         feats = [self.layout(geo, proj[starts[i]:starts[i + 1]], kept[starts[i]:starts[i + 1]], newline)
                  for i, geo in enumerate(geos)]
         g = self.side()
-        return feats, [view_reports(chosen[starts[i]:starts[i + 1]], (g, g)) for i in range(len(geos))]
+        return feats, [view_reports(chosen[starts[i]:starts[i + 1]], (g, g)) for i in range(len(geos))], cap
 
     def layout(self, geo, proj, kept, newline) -> torch.Tensor:
         """Kept base tokens, then kept tile tokens row by row of the cropped grid, with newlines."""

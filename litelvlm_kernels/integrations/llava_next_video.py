@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ._towers import config_get, model_part
+from .adapter import Modality, register_adapter
 from .llava_next import LlavaNextAdapter
-from .lvlm import Modality, register_adapter
 from .views import contribution, select_views, view_reports, view_similarity
 
 
@@ -57,14 +57,17 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         video = Modality("pixel_values_videos", video_id, (),
                          lambda kw: [kw["pixel_values_videos"].shape[1] * self.pooled_per_frame()]
                          * kw["pixel_values_videos"].shape[0],
-                         self.video_features, pixel_dims=(5,))
+                         self.video_features, pixel_dims=(5,), stacked=True)
         return super().modalities() + [video]
 
     def video_features(self, kwargs: dict, cond) -> list:
         px = kwargs["pixel_values_videos"]  # [B, F, 3, H, W] (check_inputs)
         B, Fr = px.shape[:2]
-        cap = self.pruner.capture(px.flatten(0, 1))
-        pooled = model_part(self.model, "vision_resampler")(cap.hidden)        # [B F, P, Dv], as stock
+        cap = self.pruner.capture(px.flatten(0, 1), full_tower=True)
+        resampler = model_part(self.model, "vision_resampler")
+        pooled = resampler(cap.hidden)                                         # [B F, P, Dv]: scored
+        feats_in = self.features_of(cap, kwargs)
+        stock = pooled if feats_in is cap.hidden else resampler(feats_in)      # [B F, P, C]: projected, as stock
         frame_item = torch.arange(B).repeat_interleave(Fr)
         s, num = view_similarity(self.pruner, pooled, cond, frame_item)
         stride = int(config_get(self.model.config, "spatial_pool_stride", default=2))
@@ -73,7 +76,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         valid = torch.ones_like(c, dtype=torch.bool)
         groups = [list(range(b * Fr, (b + 1) * Fr)) for b in range(B)]
         chosen = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.video_budget == "per_clip")
-        proj = model_part(self.model, "multi_modal_projector")(pooled)          # [B F, P, H], as stock
+        proj = model_part(self.model, "multi_modal_projector")(stock)           # [B F, P, H], as stock
         feats = [torch.cat([proj[f, chosen[f][0]] for f in group]) for group in groups]
         side = g // stride
-        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups]
+        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups], cap

@@ -63,10 +63,10 @@ from __future__ import annotations
 import torch
 
 from ._towers import config_get, model_part
+from .adapter import FamilyAdapter, Modality, register_adapter
 from .llava import grid_side, image_token_id
 from .llava_next import geometry as anyres_geometry
 from .llava_next import grid_rows
-from .lvlm import FamilyAdapter, Modality, register_adapter
 from .views import contribution, select_views, view_reports, view_similarity
 
 
@@ -154,15 +154,6 @@ class LlavaOnevisionAdapter(FamilyAdapter):
             raise ValueError(f"vision_aspect_ratio={a!r}: expected 'anyres_max_N'")
         return a
 
-    def _check_call(self, kwargs: dict) -> None:
-        """Per-call overrides of the feature layer / strategy would change what the pruner captured."""
-        for name, have in (("vision_feature_layer", self.pruner.select_layer),
-                           ("vision_feature_select_strategy", self.strategy())):
-            got = kwargs.get(name)
-            if got is not None and got != have:
-                raise ValueError(f"{name}={got!r}: differs from the config's {have!r}, which LiteLVLM was enabled "
-                                 "with; change the config and enable again")
-
     def multi_view(self, kwargs: dict, n: int) -> list:
         """Per image: AnyRes (alone in its prompt) or its base view only (``batch_num_images[b] > 1``)."""
         bni = kwargs.get("batch_num_images")
@@ -174,7 +165,6 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         return [c == 1 for c in counts for _ in range(c)]
 
     def geometries(self, kwargs: dict) -> list:
-        self._check_call(kwargs)
         sizes, px = kwargs.get("image_sizes"), kwargs["pixel_values"]
         n = len(sizes) if sizes is not None else 0
         if sizes is None or (px.dim() == 5 and n != px.shape[0]):
@@ -198,11 +188,11 @@ class LlavaOnevisionAdapter(FamilyAdapter):
                          lambda kw: [geo["stock"] for geo in self.geometries(kw)], self.image_features,
                          pixel_dims=(4, 5))
         video = Modality("pixel_values_videos", int(config_get(cfg, "video_token_id", "video_token_index")),
-                         ("image_sizes_videos",), self.video_counts, self.video_features, pixel_dims=(5,))
+                         ("image_sizes_videos",), self.video_counts, self.video_features, pixel_dims=(5,),
+                         stacked=True)
         return [image, video]
 
     def video_counts(self, kwargs: dict) -> list:
-        self._check_call(kwargs)
         B, Fr = kwargs["pixel_values_videos"].shape[:2]
         return [Fr * self.pooled_per_frame() + 1] * B
 
@@ -217,11 +207,11 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         px, sizes, aspect = kwargs["pixel_values"], kwargs["image_sizes"], self.aspect(kwargs)
         counts = [geo["views"] for geo in geos]
         rows = torch.cat([px[i, :n] for i, n in enumerate(counts)]) if px.dim() == 5 else px
-        cap = self.pruner.capture(rows)
+        cap = self.pruner.capture(rows, full_tower=True)
         view_item = torch.arange(len(geos)).repeat_interleave(torch.tensor(counts))
         maps, T, num = self._scores(cap, cond, view_item)
         final_maps = pack(self.model, maps.split(counts), sizes, aspect)                  # [n_i, T + 1] per image
-        proj = model_part(self.model, "multi_modal_projector")(cap.features)              # [views, M, H], as stock
+        proj = model_part(self.model, "multi_modal_projector")(self.features_of(cap, kwargs))  # [views, M, H]
         final = pack(self.model, proj.split(counts), sizes, aspect)                       # [n_i, H] per image
         # one selection row per view: the final tokens it owns (gathered from its image's maps), padded
         cells = [c for geo in geos for c in geo["cells"]]
@@ -244,7 +234,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
             kept = torch.cat([cells[v][chosen[v][0].cpu()] for v in mine]).sort().values
             feats.append(self.layout(geo, final[i], kept, newline))
             reports.append([view_reports([chosen[v]], grid)[0] for v, grid in zip(mine, geo["cell_grids"])])
-        return feats, reports
+        return feats, reports, cap
 
     def layout(self, geo, final: torch.Tensor, kept: torch.Tensor, newline) -> torch.Tensor:
         """``final`` [n, H]: the image's stock tokens without newlines; ``kept``: ascending positions into it."""
@@ -261,10 +251,10 @@ class LlavaOnevisionAdapter(FamilyAdapter):
     def video_features(self, kwargs: dict, cond) -> tuple:
         px = kwargs["pixel_values_videos"]                                                # [B, F, 3, H, W]
         B, Fr = px.shape[:2]
-        cap = self.pruner.capture(px.flatten(0, 1))
+        cap = self.pruner.capture(px.flatten(0, 1), full_tower=True)
         maps, T, num = self._scores(cap, cond, torch.arange(B).repeat_interleave(Fr))
         pooled = pooling(self.model, maps)                                                # [B F, P, T + 1]
-        proj = pooling(self.model, model_part(self.model, "multi_modal_projector")(cap.features))  # as stock
+        proj = pooling(self.model, model_part(self.model, "multi_modal_projector")(self.features_of(cap, kwargs)))
         groups = [list(range(b * Fr, (b + 1) * Fr)) for b in range(B)]
         valid = torch.ones(pooled.shape[:2], dtype=torch.bool, device=pooled.device)
         chosen = select_views(pooled[..., :T].transpose(1, 2), pooled[..., T], num, valid, groups, self.settings,
@@ -273,4 +263,4 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         tail = [] if self.settings.image_newline == "none" else [nl]
         feats = [torch.cat([proj[f, chosen[f][0]] for f in group] + tail) for group in groups]
         side = int(round(pooled.shape[1] ** 0.5))
-        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups]
+        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups], cap

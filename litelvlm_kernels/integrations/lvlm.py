@@ -9,16 +9,22 @@ kept LLM inputs of each; this module does the rest, the same way for all:
    the count is exact, and map each item to its prompt (row) for its
    referring expressions;
 2. compute the kept features of every item (the family's ``visual_features``);
-3. shrink each run from the stock count to the kept count, re-pad the rows
-   (``attention_mask``, ``position_ids`` renumbered, ``labels`` with -100,
-   ``token_type_ids``: ``inputs.PER_TOKEN``);
+3. shrink each run from the stock count to the kept count; every row loses
+   its own dropped placeholders and nothing else, the caller's padding stays
+   (``attention_mask``, ``position_ids`` renumbered, ``labels`` /
+   ``shift_labels`` and ``token_type_ids`` follow: ``prompt.shrink``);
 4. embed the shrunk ids and write the features into the placeholder rows,
-   then call the stock ``forward`` / ``generate`` with ``inputs_embeds``.
+   then call the stock ``forward`` / ``generate`` with ``inputs_embeds``, and
+   put the vision outputs the stock model returns on its output
+   (``vision_outputs.py``).
 
 Because ``generate`` starts from the shrunk ids, its attention mask, cache
 positions and KV cache are consistent from the first step; the ids it returns
 are re-expanded to the caller's prompt + the new tokens, so
-``out[:, inputs["input_ids"].shape[1]:]`` keeps working. Only bound methods
+``out[:, inputs["input_ids"].shape[1]:]`` keeps working. ``generate`` without a
+cache (``use_cache=False``) recomputes the whole sequence at every step, as the
+stock one does: it runs the stock loop on the caller's inputs and every step's
+forward is pruned. Only bound methods
 of the instance are replaced (``forward``, ``generate``; and, where its
 signature hides ``inputs_embeds``, ``prepare_inputs_for_generation``, see
 ``_names_inputs_embeds``): ``disable`` deletes them, and weights and config
@@ -27,18 +33,16 @@ are never touched.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
+import contextlib
 import inspect
 import threading
 import types
-from typing import Any
 
 import torch
 
-from .._validate import min_votes_of
 from ._copy import deepcopy_fields
-from ._towers import config_get, find_tower, model_part
+from ._towers import find_tower, model_part
+from .adapter import FamilyAdapter, LiteLVLMSettings, adapter_for, register_adapter
 from .generation import (
     CONTINUED_FIELDS,
     CallerIds,
@@ -50,123 +54,18 @@ from .generation import (
     continue_ids,
     expressions_key,
     length_overrides,
+    output_cache,
     record_of,
+    resolved,
     tag,
 )
-from .inputs import check_inputs, pixel_keys, prepare_inputs
+from .inputs import check_inputs, pixel_keys
+from .prompt import prepare_inputs
 from .pruner import LiteLVLMPruner
 from .siglip import is_siglip_tower
-from .text import SIMILARITY_KEEP
+from .vision_outputs import attach
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
-
-# model_type -> adapter class; filled by the family modules listed below (imported on first use).
-_ADAPTERS: dict = {}
-_FAMILY_MODULES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "paligemma")
-
-
-def register_adapter(cls):
-    """Class decorator: handle every ``config.model_type`` in ``cls.model_types``."""
-    for t in cls.model_types:
-        _ADAPTERS[t] = cls
-    return cls
-
-
-def _adapter_for(model) -> type:
-    for name in _FAMILY_MODULES:
-        importlib.import_module(f".{name}", __package__)
-    mt = getattr(getattr(model, "config", None), "model_type", None)
-    if mt not in _ADAPTERS:
-        raise TypeError(f"model: {type(model).__name__} (model_type={mt!r}) is not supported; supported "
-                        f"model types: {', '.join(sorted(_ADAPTERS))}")
-    return _ADAPTERS[mt]
-
-
-_CHOICES = {"order": ("official", "spatial"), "missing_expressions": ("error", "cls"),
-            "similarity_keep": SIMILARITY_KEEP,
-            "budget": ("per_tile", "global"), "image_newline": ("kept_rows", "all", "none"),
-            "video_budget": ("per_frame", "per_clip")}
-
-
-@dataclasses.dataclass
-class LiteLVLMSettings:
-    """What to keep. ``num_retain``: visual tokens kept per image (LLaVA-1.5), per tile or image
-    (LLaVA-NeXT, see ``budget``), per frame or clip (video, see ``video_budget``)."""
-
-    num_retain: int = 192
-    multi_text: Any = "union"
-    k_per_text: int | None = None
-    order: str = "official"
-    missing_expressions: str = "error"
-    budget: str = "per_tile"
-    image_newline: str = "kept_rows"
-    video_budget: str = "per_frame"
-    similarity_keep: str = "lowest"  # the paper's CLIP finding; unverified for SigLIP (docs/design.md section 10)
-
-    def check(self) -> LiteLVLMSettings:
-        r = self.num_retain
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise TypeError(f"num_retain must be an int, got {type(r).__name__}")
-        if r <= 0:
-            raise ValueError(f"num_retain must be > 0, got {r}")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        min_votes_of(self.multi_text)  # the library's one rule for multi_text
-        if self.k_per_text is not None and (isinstance(self.k_per_text, bool) or not isinstance(self.k_per_text, int)
-                                            or self.k_per_text <= 0):
-            raise ValueError(f"k_per_text must be None or an int > 0, got {self.k_per_text!r}")
-        return self
-
-
-@dataclasses.dataclass
-class Modality:
-    """One kind of visual input of a family: its pixels argument, placeholder id and the family's two functions."""
-
-    pixel_key: str
-    token_id: int
-    extra_keys: tuple            # forward arguments that only describe the pixels (image_sizes): dropped
-    stock_counts: Any            # (kwargs) -> list[int]: placeholders per item in the stock model
-    features: Any                # (kwargs, text_condition) -> (list[Tensor [n_i, H]] in placeholder order,
-    #                              list (per item) of lists (per view) of view_reports dicts)
-    pixel_dims: tuple = (4,)     # accepted pixel tensor ranks ([N, C, H, W]; 5 for views / frames)
-
-
-class FamilyAdapter:
-    """Base of the family files. Subclasses set ``model_types`` and implement ``modalities``."""
-
-    model_types: tuple = ()
-
-    def __init__(self, model, pruner: LiteLVLMPruner, settings: LiteLVLMSettings):
-        self.model, self.pruner, self.settings = model, pruner, settings
-        self.check_model()
-
-    def check_model(self) -> None:
-        """Raise ValueError naming the config field this adapter cannot handle."""
-
-    def modalities(self) -> list:
-        raise NotImplementedError
-
-    def text_condition(self, expressions: list):
-        """One text group per item: [[str, ...], ...] -> TextCondition (cached by content)."""
-        return self.pruner.prepare_text(texts=[list(e) for e in expressions],
-                                        similarity_keep=self.settings.similarity_keep)
-
-    @staticmethod
-    def select_layer_of(model) -> int:
-        """The config's ``vision_feature_layer`` (LLaVA: -2); one layer only."""
-        layer = config_get(model.config, "vision_feature_layer", default=-2)
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"vision_feature_layer={layer!r}: only one feature layer (an int) is supported")
-        return layer
-
-    def strategy(self) -> str:
-        """``vision_feature_select_strategy``: "default" drops [CLS], "full" keeps it as a token."""
-        st = config_get(self.model.config, "vision_feature_select_strategy", default="default")
-        if st not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy={st!r} is not supported (default or full)")
-        return st
-
 
 # --------------------------------------------------------------------------- patching
 
@@ -182,16 +81,19 @@ class LiteLVLMPatch:
         self.model, self.adapter = model, adapter
         self.settings = adapter.settings
         self._local = threading.local()
-        # an instance-level forward / generate (accelerate's hooks set one) is kept and restored by disable()
-        self._methods = ("forward", "generate") + (() if _names_inputs_embeds(model) else
-                                                   ("prepare_inputs_for_generation",))
+        # a base model (LlavaModel) has no generate; an instance-level forward / generate (accelerate's hooks set
+        # one) is kept and restored by disable()
+        can_generate = callable(getattr(model, "generate", None))
+        self._methods = ("forward",) + (("generate",) if can_generate else ()) + (
+            () if not can_generate or _names_inputs_embeds(model) else ("prepare_inputs_for_generation",))
         self._saved = {n: model.__dict__[n] for n in self._methods if n in model.__dict__}
         self._orig_forward = model.forward
-        self._orig_generate = model.generate
+        self._orig_generate = model.generate if can_generate else None
         self._forward_sig = inspect.signature(self._orig_forward)
-        self._generate_sig = inspect.signature(self._orig_generate)
+        self._generate_sig = inspect.signature(self._orig_generate) if can_generate else None
         model.forward = _patched_method(model, self._orig_forward, "_forward")
-        model.generate = _patched_method(model, self._orig_generate, "_generate")
+        if can_generate:
+            model.generate = _patched_method(model, self._orig_generate, "_generate")
         if "prepare_inputs_for_generation" in self._methods:
             model.prepare_inputs_for_generation = types.MethodType(_prepare_inputs_for_generation, model)
         model._litelvlm_patch = self
@@ -220,20 +122,43 @@ class LiteLVLMPatch:
     def _modalities_present(self, kwargs) -> list:
         return [m for m in self.adapter.modalities() if kwargs.get(m.pixel_key) is not None]
 
-    def _record(self, kwargs: dict, new: dict, expressions) -> PrefixRecord:
+    def _record(self, kwargs: dict, new: dict, expressions) -> PrefixRecord | None:
         # references on the tensors' own device (no device-to-host copy per call); compared only when a later
-        # turn passes the cache back
-        ids = kwargs["input_ids"]
+        # turn passes the cache back. None without input_ids (a prompt given as inputs_embeds cannot be matched).
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            return None
         mask = kwargs.get("attention_mask")
+        shrunk_mask = new.get("attention_mask")
         return PrefixRecord(
             caller_ids=ids.detach(), caller_mask=(torch.ones_like(ids) if mask is None else mask).detach(),
-            shrunk_ids=new["input_ids"].detach(), shrunk_mask=new["attention_mask"].detach(),
+            shrunk_ids=new["input_ids"].detach(),
+            shrunk_mask=(torch.ones_like(new["input_ids"]) if shrunk_mask is None else shrunk_mask).detach(),
             expressions=expressions_key(expressions),
             pixels={m.pixel_key: kwargs[m.pixel_key] for m in self._modalities_present(kwargs)},
             fields={k: (kwargs[k].detach(), new[k].detach()) for k in CONTINUED_FIELDS if kwargs.get(k) is not None})
 
+    @contextlib.contextmanager
+    def _expressions_for_steps(self, expressions):
+        """generate(use_cache=False): the stock loop calls the patched forward once per step, without the
+        expressions; they reach it through this thread's state for the duration of the call."""
+        before = getattr(self._local, "expressions", None)
+        self._local.expressions = expressions
+        try:
+            yield
+        finally:
+            self._local.expressions = before
+
+    def _wants_tuple(self, kwargs: dict) -> bool:
+        rd = kwargs.get("return_dict")
+        if rd is None:
+            rd = getattr(self.model.config, "return_dict", True)
+        return rd is False
+
     def _forward(self, *args, **kwargs):
         expressions = kwargs.pop("referring_expressions", None)
+        if expressions is None:
+            expressions = getattr(self._local, "expressions", None)
         kwargs = _bind(self._forward_sig, args, kwargs)
         if not self._modalities_present(kwargs):
             return self._orig_forward(**kwargs)
@@ -243,11 +168,15 @@ class LiteLVLMPatch:
                              "LiteLVLM is enabled; use generate(), which continues a cache from a pruned turn")
         check_inputs(self.adapter, kwargs)
         self.settings.check()
-        new, new_ids, self.last_report = prepare_inputs(self.adapter, kwargs, expressions)
-        out = self._orig_forward(**new)
-        tag(cache if cache is not None else getattr(out, "past_key_values", None),
-            self._record(kwargs, dict(new, input_ids=new_ids), expressions))
-        return out
+        new, new_ids, self.last_report, vision = prepare_inputs(self.adapter, kwargs, expressions)
+        as_tuple = self._wants_tuple(kwargs)
+        if "return_dict" in self._forward_sig.parameters or as_tuple:
+            new["return_dict"] = True  # the vision outputs are attached by field, then the tuple made
+        out = attach(self._orig_forward(**new), vision)
+        record = self._record(kwargs, dict(new, input_ids=new_ids), expressions)
+        if record is not None:
+            tag(cache if cache is not None else output_cache(out), record)
+        return out.to_tuple() if as_tuple else out
 
     def _generate(self, *args, **kwargs):
         expressions = kwargs.pop("referring_expressions", None)
@@ -272,7 +201,11 @@ class LiteLVLMPatch:
                              "assistant would see the shrunk placeholder run); disable LiteLVLM for it")
         check_inputs(self.adapter, kw)
         self.settings.check()
-        caller_ids = kw["input_ids"]
+        if resolved("use_cache", kw, self.model) is False and record is None:
+            # no cache: every step recomputes the whole sequence through the (patched, pruning) forward, as stock
+            with self._expressions_for_steps(expressions):
+                return self._orig_generate(**kw)
+        caller_ids = kw.get("input_ids")
         if record is not None:
             if kw.get("position_ids") is not None:
                 raise ValueError("position_ids: not supported when continuing a pruned cache (they would count "
@@ -283,17 +216,23 @@ class LiteLVLMPatch:
                 record, caller_ids, kw.get("attention_mask"), [m.token_id for m in self.adapter.modalities()],
                 pixels, expressions, cache_key)
             new.update(continue_fields(record, kw))  # token_type_ids: the shrunk prefill's, then the new tokens'
+            shrunk_len = new["input_ids"].shape[1]
         else:
-            new, new_ids, self.last_report = prepare_inputs(self.adapter, kw, expressions)
-            new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
-            record = self._record(kw, new, expressions)
-            tag(cache, record)  # a passed, empty cache is filled in place
-        shrunk_len = new["input_ids"].shape[1]
-        view = CallerIds(caller_ids, shrunk_len)
-        new.update(length_overrides(self.model, new, caller_ids.shape[1] - shrunk_len))
+            new, new_ids, self.last_report, _ = prepare_inputs(self.adapter, kw, expressions)
+            shrunk_len = new["inputs_embeds"].shape[1]
+            if new_ids is not None:
+                new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
+                record = self._record(kw, new, expressions)
+                tag(cache, record)  # a passed, empty cache is filled in place
+        caller_len = (caller_ids if caller_ids is not None else kw["inputs_embeds"]).shape[1]
+        # with inputs_embeds alone the stock generate returns the new tokens only: nothing to put back in front
+        view = CallerIds(caller_ids if caller_ids is not None else new["inputs_embeds"][:, :0, 0].long(),
+                         shrunk_len if caller_ids is not None else 0)
+        new.update(length_overrides(self.model, new, caller_len - shrunk_len))
         new.update(caller_view_kwargs(new, view))
         out = self._orig_generate(**new)
-        tag(getattr(out, "past_key_values", None), record)
+        if record is not None:
+            tag(output_cache(out) if not isinstance(out, torch.Tensor) else None, record)
         return _reexpand(out, view)
 
     def disable(self) -> None:
@@ -327,15 +266,19 @@ def _patched_method(model, orig, name: str):
     """A method bound to ``model`` that calls its patch's ``name``, with ``orig``'s signature.
 
     ``inspect.signature(model.forward)`` must stay the stock one: generate() reads it to decide what to pass
-    (logits_to_keep, position_ids, attention_mask). The function reaches the patch through its first argument
-    (never a closure over the model), so ``copy.deepcopy(model)`` binds the copy to the copy's own patch.
+    (logits_to_keep, position_ids, attention_mask). One parameter is left out: ``mm_encoder_outputs``
+    (transformers 5.2x), whose presence makes generate() encode the images with the stock tower before its loop
+    and hand the forward features instead of pixels, which the selection needs (the forward still accepts it:
+    its ``**kwargs``). The function reaches the patch through its first argument (never a closure over the
+    model), so ``copy.deepcopy(model)`` binds the copy to the copy's own patch.
     """
     def method(self, *args, **kwargs):
         return getattr(self._litelvlm_patch, name)(*args, **kwargs)
 
     sig = inspect.signature(orig)
+    params = [p for p in sig.parameters.values() if not (name == "_forward" and p.name == "mm_encoder_outputs")]
     method.__signature__ = sig.replace(
-        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *sig.parameters.values()])
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params])
     method.__name__ = getattr(orig, "__name__", name)
     method.__doc__ = getattr(orig, "__doc__", None)
     return types.MethodType(method, model)
@@ -405,7 +348,7 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     """
     if getattr(model, "_litelvlm_patch", None) is not None:
         raise ValueError("model: LiteLVLM is already enabled on this model; disable it first")
-    cls = _adapter_for(model)
+    cls = adapter_for(model)
     s = LiteLVLMSettings(**settings).check()
     if pruner is None:
         vision = model_part(model, "vision_tower")

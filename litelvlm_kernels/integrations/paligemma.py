@@ -31,7 +31,7 @@ import re
 
 from .. import ops
 from ._towers import config_get, find_tower, model_part
-from .lvlm import FamilyAdapter, Modality, register_adapter
+from .adapter import FamilyAdapter, Modality, register_adapter
 from .views import view_reports
 
 # how a 4.x PaliGemma scales its projected image features (in get_image_features, or inline in forward in 4.45)
@@ -96,12 +96,17 @@ class PaliGemmaAdapter(FamilyAdapter):
         m = self.side() ** 2
         token = int(config_get(self.model.config, "image_token_id", "image_token_index"))
         return [Modality("pixel_values", token, (), lambda kw: [m] * kw["pixel_values"].shape[0],
-                         self.image_features)]
+                         self.image_features, stacked=True)]
+
+    def feature_layers(self, kwargs: dict) -> None:
+        """None: PaliGemma projects the tower's last_hidden_state (no feature layer, no hidden_states selected)."""
+        return None
 
     def image_features(self, kwargs: dict, cond) -> tuple:
         s = self.settings
         res = self.pruner.prune(kwargs["pixel_values"], text=cond, num_retain=s.num_retain, multi_text=s.multi_text,
-                                k_per_text=s.k_per_text, order=s.order, return_tokens=False, return_capture=True)
+                                k_per_text=s.k_per_text, order=s.order, return_tokens=False, return_capture=True,
+                                full_tower=True)
         # the kept rows of the last layer's own output (``capture.hidden``, never post-layernormed: the pruner's
         # ``tokens`` follow the installed version's hidden_states[-1], which 4.5x returns post-layernormed), through
         # what the stock get_image_features applies to all M of them
@@ -112,4 +117,4 @@ class PaliGemmaAdapter(FamilyAdapter):
             feats = feats / divisor
         g = self.side()
         views = view_reports(list(zip(res.indices, res.from_similarity)), (g, g))
-        return list(feats), [[v] for v in views]
+        return list(feats), [[v] for v in views], res.capture

@@ -104,8 +104,10 @@ class LiteLVLMPruner:
         At construction, naming the argument: a tower that is not CLIP, a
         projection whose width is not the tower's (``visual_projection``) or
         the text tower's (``text_model``), a tokenizer that does not fit the
-        text tower (``tokenizer``: vocabulary larger than its ``vocab_size``, or
-        another [EOS] id; e.g. the LLM's tokenizer passed by mistake).
+        text tower (``tokenizer``: an id beyond its ``vocab_size``, or another
+        [EOS] id; e.g. the LLM's tokenizer passed by mistake), a SigLIP
+        checkpoint of another width or fewer layers than the tower (named as
+        the argument it came in: ``text_model`` or ``vision_head``).
 
     Examples
     --------
@@ -161,8 +163,8 @@ class LiteLVLMPruner:
         if head_contribution not in ("exact", "heads"):
             raise ValueError(f"head_contribution must be 'exact' or 'heads', got {head_contribution!r}")
         self.tower = tower
-        self._siglip = SG.head_source(self.vision_model, self.text_model, vision_head)
-        SG.check_source(tower, self._siglip)
+        self._siglip, where = SG.head_source(self.vision_model, self.text_model, vision_head)
+        SG.check_source(tower, self._siglip, where)
         self.head_contribution = head_contribution
         self._tied_last = SG.ties_last_hidden_state(self.vision_model)
         normalise_layer(self.select_layer, len(tower.encoder.layers))
@@ -373,14 +375,18 @@ class LiteLVLMPruner:
 
     # ---- vision -------------------------------------------------------------
 
-    def capture(self, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> VisionCapture:
-        """The tower run as far as the method needs (see ``capture_vision`` and ``siglip.capture_siglip``)."""
+    def capture(self, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False,
+                full_tower: bool = False) -> VisionCapture:
+        """The tower run as far as the method needs (see ``capture_vision`` and ``siglip.capture_siglip``);
+        ``full_tower=True`` runs it to its end whatever ``stop_early`` says (the LVLM patch returns the tower's
+        outputs as the stock model does)."""
         if self._siglip is not None:
             return SG.capture_siglip(self.tower, self._siglip, pixel_values, select_layer=self.select_layer,
                                      contribution=self.head_contribution, tied_last=self._tied_last,
                                      interpolate_pos_encoding=interpolate_pos_encoding)
         return capture_vision(self.vision_model, pixel_values, select_layer=self.select_layer,
-                              stop_early=self.stop_early, interpolate_pos_encoding=interpolate_pos_encoding)
+                              stop_early=self.stop_early and not full_tower,
+                              interpolate_pos_encoding=interpolate_pos_encoding)
 
     # ---- both ---------------------------------------------------------------
 
@@ -391,7 +397,7 @@ class LiteLVLMPruner:
               multi_text: str | int = "union", k_per_text: int | None = None,
               order: str = "official", scale: float | None = None, return_tokens: bool = True,
               return_capture: bool = False, interpolate_pos_encoding: bool = False,
-              similarity_keep: str = "lowest") -> HFPruneResult:
+              similarity_keep: str = "lowest", full_tower: bool = False) -> HFPruneResult:
         """Images + texts -> kept indices and kept select-layer tokens.
 
         Parameters
@@ -411,6 +417,8 @@ class LiteLVLMPruner:
             Attach the VisionCapture to the result.
         interpolate_pos_encoding : bool
             The vision tower's own argument (images of another size).
+        full_tower : bool
+            Run the tower to its end (``capture``).
 
         Returns
         -------
@@ -430,7 +438,7 @@ class LiteLVLMPruner:
         if self._siglip is not None and scale is not None:
             raise ValueError("scale: the [CLS] softmax scale has no meaning for a SigLIP tower (its head's "
                              "attention uses its own 1/sqrt(head_dim))")
-        cap = self.capture(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        cap = self.capture(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, full_tower=full_tower)
         folded, num_texts = text_for_rows(text, cap.hidden.shape[0], share_text_across)
         if cap.contribution is not None:
             scores = dict(contribution=cap.contribution.detach())

@@ -21,6 +21,12 @@ tower also drops the last layer, so the head, the post-layernorm paired with it,
 the layers the LVLM's tower lacks and the text tower come from the original
 SigLIP checkpoint (e.g. ``google/siglip-so400m-patch14-384``), as CLIP's text
 tower and ``visual_projection`` do for LLaVA-1.5.
+
+Dtypes: the checkpoint may be loaded in another dtype than the LVLM's tower
+(a bf16 LVLM with its SigLIP left in fp32, say). The tower's states are then
+cast to the checkpoint's dtype where the checkpoint's own layers,
+post-layernorm and head take over, so those run in the dtype they were loaded
+in; the kept tokens stay the tower's, in the tower's dtype.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 
 from ._towers import find_tower
 from .capture import VisionCapture, check_pixels, embed, normalise_layer, run_layer
+from .text import check_vocab_fits, highest_id
 
 
 def is_siglip_tower(tower: torch.nn.Module) -> bool:
@@ -47,16 +54,17 @@ def _with_head(m) -> torch.nn.Module | None:
     return None
 
 
-def head_source(vision_model, text_model, vision_head) -> torch.nn.Module:
-    """The SigLIP vision transformer whose pooling head, post-layernorm and last layers LiteLVLM reads.
+def head_source(vision_model, text_model, vision_head) -> tuple[torch.nn.Module, str]:
+    """The SigLIP vision transformer whose pooling head, post-layernorm and last layers LiteLVLM reads, and the
+    name of the argument it came from (for errors about it: ``check_source``).
 
     Looked for in ``vision_head`` (if given), then ``text_model`` (a SiglipModel carries both towers), then
     ``vision_model`` itself (a SiglipVisionModel loaded with its head). TypeError naming ``vision_head``.
     """
-    for cand in (vision_head, text_model, vision_model):
+    for name, cand in (("vision_head", vision_head), ("text_model", text_model), ("vision_model", vision_model)):
         src = _with_head(cand)
         if src is not None:
-            return src
+            return src, name
         if cand is vision_head and vision_head is not None:
             raise TypeError(f"vision_head: {type(vision_head).__name__} holds no SigLIP attention-pooling head "
                             "(load the original SigLIP checkpoint with vision_use_head=True)")
@@ -80,15 +88,20 @@ def fold_params(source: torch.nn.Module) -> tuple:
     return w_o @ w_v, w_o @ b_v + b_o
 
 
-def check_source(tower: torch.nn.Module, source: torch.nn.Module) -> None:
-    """The head's checkpoint must extend the LVLM's tower: same width, at least as many layers."""
+def _layers(n: int) -> str:
+    return f"{n} layer" if n == 1 else f"{n} layers"
+
+
+def check_source(tower: torch.nn.Module, source: torch.nn.Module, name: str = "vision_head") -> None:
+    """The head's checkpoint must extend the LVLM's tower: same width, at least as many layers. ``name``: the
+    argument the checkpoint was passed as (``head_source``'s second value), which the errors name."""
     d_tower, d_src = tower.config.hidden_size, source.config.hidden_size
     if d_tower != d_src:
-        raise ValueError(f"vision_head: a SigLIP head of width {d_src} does not fit a vision tower of width "
+        raise ValueError(f"{name}: a SigLIP head of width {d_src} does not fit a vision tower of width "
                          f"{d_tower}; pass the SigLIP checkpoint this tower comes from")
     n_tower, n_src = len(tower.encoder.layers), len(source.encoder.layers)
     if n_src < n_tower:
-        raise ValueError(f"vision_head: the SigLIP checkpoint has {n_src} layers, fewer than the vision tower's "
+        raise ValueError(f"{name}: the SigLIP checkpoint has {_layers(n_src)}, fewer than the vision tower's "
                          f"{n_tower}; pass the checkpoint this tower comes from")
 
 
@@ -118,19 +131,26 @@ def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values
     layers = tower.encoder.layers
     idx = normalise_layer(select_layer, len(layers))
     h = embed(tower, pixel_values, interpolate_pos_encoding)
-    selected = h if idx == 0 else None
-    for i, layer in enumerate(layers):
+    states = [h]
+    for layer in layers:
         h = run_layer(layer, h)
-        if i + 1 == idx:
-            selected = h
+        states.append(h)
+    selected = states[idx]
+    norm = getattr(tower, "post_layernorm", None)
+    last_hidden = norm(h) if norm is not None else h  # what the tower's own forward returns
+    h = h.to(source.post_layernorm.weight.dtype)  # the checkpoint's parts run in its own dtype (module docstring)
     for layer in source.encoder.layers[len(layers):]:
         h = run_layer(layer, h)
     head = source.head
     q, k, v = head_qkv(head, source.post_layernorm(h))
     c = map_contribution(q, k, v, head.attention.out_proj.weight, head.attention.num_heads, mode=contribution)
-    stock = tower.post_layernorm(selected) if tied_last and idx == len(layers) else None
+    stock = None
+    if tied_last:  # the stock hidden_states[-1] is last_hidden_state itself
+        states[-1] = last_hidden
+        stock = last_hidden if idx == len(layers) else None
     return VisionCapture(hidden=selected, q_cls=None, keys=None, values=None, cls_hidden=None, contribution=c,
-                         stock_features=stock)
+                         stock_features=stock, states=tuple(states), last_hidden_state=last_hidden,
+                         pixel_values=pixel_values)
 
 
 _TIES: dict = {}  # class of the module the LVLM calls -> bool
@@ -195,14 +215,11 @@ def pad_to_length(input_ids: torch.Tensor, length: int, pad_id: int, side: str =
 
 
 def check_siglip_tokenizer(tokenizer, text_config) -> None:
-    """Every id the tokenizer makes must be in the SigLIP text tower's vocabulary; it must have a pad token."""
-    try:
-        n = len(tokenizer)
-    except TypeError:
-        return
-    vocab = getattr(text_config, "vocab_size", None)
-    if vocab is not None and n > vocab:
-        raise ValueError(f"tokenizer: its {n}-token vocabulary does not fit the SigLIP text tower's vocab_size "
-                         f"{vocab}; pass the SigLIP tokenizer of the same checkpoint (not the LLM's)")
+    """Every id the tokenizer makes (up to ``text.highest_id``) must be in the SigLIP text tower's vocabulary; it
+    must have a pad token."""
+    top = highest_id(tokenizer)
+    if top is None:
+        return  # not a Hugging Face tokenizer: nothing to compare
+    check_vocab_fits(top, text_config, "SigLIP")
     if getattr(tokenizer, "pad_token_id", None) is None:
         raise ValueError("tokenizer: has no pad token; SigLIP texts are padded to the text tower's length")
