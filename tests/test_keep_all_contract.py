@@ -19,12 +19,13 @@ import dataclasses
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 import _keep_all_cases as cases  # noqa: E402
 import _lvlm_models as lm  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
 
+V4 = int(transformers.__version__.split(".")[0]) < 5
 KEEP_ALL = dict(num_retain=100_000, order="spatial", image_newline="all", missing_expressions="cls")
 
 
@@ -134,6 +135,10 @@ GENERATE = {
 @pytest.mark.parametrize("option", list(GENERATE))
 @pytest.mark.parametrize("family", list(cases.FAMILIES))
 def test_generate_keep_all_is_stock(family, option, layout):
+    if option == "beams" and layout != "row" and V4 and family in cases.MULTI_IMAGE:
+        # transformers 4.x expands pixel_values per image for beams, not per prompt: a prompt with 2 images gets
+        # image 1 twice, then image 2 twice (stock is wrong there; the patched model keeps each prompt's images)
+        pytest.skip("stock transformers 4.x gives beams of multi-image prompts other prompts' images")
     batch = cases.inputs(family, layout)
     batch.pop("labels", None)
     stock, patched = run_both(cases.model(family),

@@ -92,6 +92,7 @@ class Modality:
     #                              list (per item) of lists (per view) of view_reports dicts, the VisionCapture)
     pixel_dims: tuple = (4,)     # accepted pixel tensor ranks ([N, C, H, W]; 5 for views / frames)
     stacked: bool = False        # the stock vision output stacks the items' features in one tensor (else a list)
+    legacy_stacked: bool = False  # transformers 4.x's *_hidden_states keep them stacked (else: concatenated rows)
 
 
 def as_layers(layer) -> list:

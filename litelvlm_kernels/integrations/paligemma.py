@@ -96,7 +96,7 @@ class PaliGemmaAdapter(FamilyAdapter):
         m = self.side() ** 2
         token = int(config_get(self.model.config, "image_token_id", "image_token_index"))
         return [Modality("pixel_values", token, (), lambda kw: [m] * kw["pixel_values"].shape[0],
-                         self.image_features, stacked=True)]
+                         self.image_features, stacked=True, legacy_stacked=True)]
 
     def feature_layers(self, kwargs: dict) -> None:
         """None: PaliGemma projects the tower's last_hidden_state (no feature layer, no hidden_states selected)."""

@@ -17,7 +17,7 @@ import torch
 
 from ._towers import config_get
 from .inputs import PER_TOKEN, expressions_per_item, items_per_row, pixel_keys, placeholder_ids
-from .vision_outputs import vision_output
+from .vision_outputs import legacy, vision_output
 
 
 def padding_side(attention_mask) -> str:
@@ -126,7 +126,7 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
             kept_counts.append(f.shape[0])
         merges.append((mod.token_id, torch.cat(feats, 0)))
         report[what] = {"stock": counts, "kept": kept_counts, "views": views}
-        outputs[what] = vision_output(adapter, mod, feats, cap, kwargs)
+        outputs[what] = (vision_output(adapter, mod, feats, cap, kwargs), legacy(mod, feats))
     caller_mask = kwargs.get("attention_mask")
     side = padding_side(caller_mask)
     counts = dropped.sum(1)
@@ -153,6 +153,8 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     for k in PER_TOKEN:
         if k != "attention_mask" and new[k] is not None:
             out[k] = new[k]
+    if kwargs.get("cache_position") is not None:  # transformers 4.x: a prefill from position 0 (no cache filled)
+        out["cache_position"] = torch.arange(embeds.shape[1], device=embeds.device)
     visual = [token_id for token_id, _ in merges]
     kept_mask = new["attention_mask"]
     report["rows"] = {  # per prompt: what the LLM attends to, before and after

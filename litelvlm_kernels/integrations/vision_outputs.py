@@ -74,12 +74,21 @@ def vision_output(adapter, mod, feats: list, cap, kwargs: dict):
     return out
 
 
+def legacy(mod, feats: list) -> torch.Tensor:
+    """transformers 4.x's ``*_hidden_states``: every item's features concatenated row-wise ([sum n_i, H]), or
+    stacked ([N, n, H]) for the families that keep them so (PaliGemma)."""
+    if mod.legacy_stacked and len({tuple(f.shape) for f in feats}) == 1:
+        return torch.stack(feats)
+    return torch.cat(feats, 0)
+
+
 def attach(out, outputs: dict):
-    """Put the rebuilt vision outputs on the stock output ``out`` under the field its class has for them."""
+    """Put the rebuilt vision outputs ({modality: (5.x output, 4.x value)}) on the stock output ``out``, under the
+    field its class has for them."""
     fields = getattr(type(out), "__dataclass_fields__", {})
-    for what, value in outputs.items():
+    for what, (value, old) in outputs.items():
         if f"{what}_outputs" in fields:          # transformers 5.2x
             out[f"{what}_outputs"] = value
         elif f"{what}_hidden_states" in fields:  # 4.x: the features alone
-            out[f"{what}_hidden_states"] = value.pooler_output
+            out[f"{what}_hidden_states"] = old
     return out
