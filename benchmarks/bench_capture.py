@@ -16,7 +16,7 @@ load from other processes hits all alike:
 - ``hook-free-full``: ``capture_vision(stop_early=False)``, which also runs
   the last layer (what ``select_layer=-1`` needs).
 
-SigLIP towers (no [CLS]; ``integrations/siglip.py``), as LLaVA-OneVision runs
+SigLIP towers (no [CLS]; ``selection/siglip.py``), as LLaVA-OneVision runs
 them: the LVLM's tower stops one layer before the original's last, and the
 capture adds that layer, the post-layernorm and the pooling head's k / v
 (and the contribution) from the original checkpoint:
@@ -62,7 +62,7 @@ class _Done(Exception):
 
 def hooked_capture(vision, px):
     """The previous capture: per-call forward hooks on the tower's modules, stopped by an exception."""
-    from litelvlm_kernels.integrations._towers import layer_output, vision_tower
+    from litelvlm_kernels.selection.towers import layer_output, vision_tower
 
     tower = vision_tower(vision)
     layers = tower.encoder.layers

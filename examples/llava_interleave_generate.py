@@ -3,7 +3,7 @@
 SigLIP has no [CLS]: what plays CLIP's [EOS] similarity and [CLS] contribution
 comes from the original SigLIP checkpoint's attention-pooling head (its value /
 output maps and its probe's attention), with its post-layernorm and the last
-layer the LVLM's tower dropped (``litelvlm_kernels/integrations/siglip.py``).
+layer the LVLM's tower dropped (``litelvlm_kernels/selection/siglip.py``).
 With ``vision_feature_select_strategy="full"`` every row is a patch, so an image
 takes R' placeholders (CLIP's "full" keeps [CLS] as an extra one).
 

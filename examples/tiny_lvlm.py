@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from litelvlm_kernels.integrations._towers import find_tower
+from litelvlm_kernels.selection.towers import find_tower
 
 WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "car", "man", "on", "left", "right", "tree", "sky",
          "cup", "in", "shirt", "ball"]

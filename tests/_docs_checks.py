@@ -72,7 +72,7 @@ def _flag_probe(env, target, src: Path, flags, where, problems, probes):
     if not flags:
         return
     text = src.read_text()
-    if "ArgumentParser" not in text and "_cli" not in text:  # flops.py hands its CLI to _flops_cli.py
+    if "ArgumentParser" not in text and "cli" not in text:  # flops/__main__.py hands its CLI to flops/cli.py
         problems.append(f"{where}: {target} gets {flags} but has no argument parser to check them against")
     else:
         probes.append(Probe(env, target, tuple(flags), where))

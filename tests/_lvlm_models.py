@@ -136,7 +136,7 @@ def siglip_text_embeds(expressions):
 def siglip_layer_states(px, n: int):
     """The tiny SigLIP's state after its first ``n`` layers, by hand (4.5x ties hidden_states[-1] to the
     post-layernormed output, and its inner transformer returns no hidden_states at all)."""
-    from litelvlm_kernels.integrations._towers import find_tower, layer_output
+    from litelvlm_kernels.selection.towers import find_tower, layer_output
 
     tower = find_tower(siglip(), "vision")
     h = tower.embeddings(px)

@@ -11,11 +11,11 @@ from litelvlm_kernels.flops import (
     PRESETS,
     DecoderConfig,
     layer_macs,
-    main,
     prefill_breakdown,
     prefill_flops,
     prefill_macs,
 )
+from litelvlm_kernels.flops.cli import main  # noqa: E402
 
 # h=8, h_ff=12, L=2, heads=2, kv_heads=1 -> head_dim=4, h_q=8, h_kv=4
 TINY = DecoderConfig(hidden=8, intermediate=12, layers=2, heads=2, kv_heads=1, vocab=10)

@@ -115,7 +115,7 @@ def legacy_clip(vocab_size: int):
 def test_a_tokenizer_whose_ids_have_gaps_is_accepted():
     """[EOS] is the highest id although len(tokenizer) - 1 is smaller: valid for a legacy CLIP tower, which pools
     there (the check used to compare with len(tokenizer) - 1 and refused it)."""
-    from litelvlm_kernels.integrations.text import highest_id
+    from litelvlm_kernels.selection.text import highest_id
 
     tok = gapped_tokenizer()
     assert len(tok) == 10 and highest_id(tok) == 40 == tok.eos_token_id
@@ -146,7 +146,7 @@ def test_vocabulary_check_reads_the_highest_id():
     with pytest.raises(ValueError, match="tokenizer: it makes ids up to 40, beyond the CLIP text tower's "
                                          "vocab_size 40"):
         LiteLVLMPruner(legacy_clip(40), tokenizer=gapped_tokenizer())
-    from litelvlm_kernels.integrations.siglip import check_siglip_tokenizer
+    from litelvlm_kernels.selection.siglip import check_siglip_tokenizer
 
     cfg = transformers.SiglipTextConfig(vocab_size=40)
     with pytest.raises(ValueError, match="tokenizer: it makes ids up to 40, beyond the SigLIP text tower's "

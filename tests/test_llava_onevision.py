@@ -392,7 +392,7 @@ def test_clip_tower_default_strategy_keep_all():
     keeping everything is the stock model too (images and video)."""
     import transformers
 
-    from litelvlm_kernels.integrations._towers import find_tower
+    from litelvlm_kernels.selection.towers import find_tower
 
     torch.manual_seed(1)
     cfg = transformers.LlavaOnevisionConfig(

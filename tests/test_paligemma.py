@@ -27,8 +27,8 @@ import _lvlm_models as lm  # noqa: E402
 from _lvlm_models import tl  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
-from litelvlm_kernels.integrations._towers import find_tower, layer_output  # noqa: E402
 from litelvlm_kernels.integrations.lvlm import disable_litelvlm  # noqa: E402
+from litelvlm_kernels.selection.towers import find_tower, layer_output  # noqa: E402
 
 M = tl.M
 EXPRS = [["the cat"], ["a red car", "the man on the left"]]  # row 0: one image, row 1: two images

@@ -19,9 +19,9 @@ from _lvlm_models import tl  # noqa: E402
 from _threads import run_in_threads  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
-from litelvlm_kernels.integrations._towers import find_tower  # noqa: E402
 from litelvlm_kernels.integrations.lvlm import enable_litelvlm  # noqa: E402
 from litelvlm_kernels.integrations.pruner import LiteLVLMPruner  # noqa: E402
+from litelvlm_kernels.selection.towers import find_tower  # noqa: E402
 from litelvlm_kernels.testing import assert_selection_close  # noqa: E402
 
 M = tl.M
@@ -146,7 +146,7 @@ def test_scale_is_refused(pruner):
 
 def test_capture_vision_still_refuses_siglip(model):
     """The CLIP capture never takes a SigLIP patch for [CLS]."""
-    from litelvlm_kernels.integrations.capture import capture_vision
+    from litelvlm_kernels.selection.capture import capture_vision
 
     with pytest.raises(TypeError, match="no \\[CLS\\]"):
         capture_vision(lm.inner(model).vision_tower, lm.pixels(1, 3, tl.IMAGE, tl.IMAGE))
@@ -219,7 +219,7 @@ def test_deepcopy_keeps_its_own_head(model, batch):
     with lm.enable(model, num_retain=12):
         twin = copy.deepcopy(model)
     patch = twin._litelvlm_patch
-    assert patch.adapter.pruner._siglip is not lm.siglip().vision_model
+    assert patch.adapter.pruner.scorer.source is not lm.siglip().vision_model
     with torch.no_grad():
         want = None
         with lm.enable(model, num_retain=12):
@@ -261,7 +261,7 @@ def test_bf16_lvlm_with_an_fp32_siglip_checkpoint(model, batch):
     """A bf16 LVLM whose SigLIP checkpoint was left in fp32 (from_pretrained's default): the tower's states are cast
     to the checkpoint's dtype where its layer, post-layernorm and head take over (siglip.py, "Dtypes"), instead of
     failing inside a matmul ("mat1 and mat2 must have the same dtype")."""
-    from litelvlm_kernels.integrations._towers import layer_output
+    from litelvlm_kernels.selection.towers import layer_output
 
     m16 = copy.deepcopy(model).to(torch.bfloat16)
     sig = lm.siglip()  # fp32

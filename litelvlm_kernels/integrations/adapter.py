@@ -13,11 +13,9 @@ from typing import Any
 
 import torch
 
-from .._validate import min_votes_of
-from ._towers import config_get
-from .capture import normalise_layer
-from .pruner import LiteLVLMPruner
-from .text import SIMILARITY_KEEP
+from ..selection.capture import normalise_layer
+from ..selection.settings import LiteLVLMSettings
+from ..selection.towers import config_get
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "Modality", "adapter_for", "register_adapter"]
 
@@ -41,43 +39,6 @@ def adapter_for(model) -> type:
         raise TypeError(f"model: {type(model).__name__} (model_type={mt!r}) is not supported; supported "
                         f"model types: {', '.join(sorted(_ADAPTERS))}")
     return _ADAPTERS[mt]
-
-
-_CHOICES = {"order": ("official", "spatial"), "missing_expressions": ("error", "cls"),
-            "similarity_keep": SIMILARITY_KEEP,
-            "budget": ("per_tile", "global"), "image_newline": ("kept_rows", "all", "none"),
-            "video_budget": ("per_frame", "per_clip")}
-
-
-@dataclasses.dataclass
-class LiteLVLMSettings:
-    """What to keep. ``num_retain``: visual tokens kept per image (LLaVA-1.5), per tile or image
-    (LLaVA-NeXT, see ``budget``), per frame or clip (video, see ``video_budget``)."""
-
-    num_retain: int = 192
-    multi_text: Any = "union"
-    k_per_text: int | None = None
-    order: str = "official"
-    missing_expressions: str = "error"
-    budget: str = "per_tile"
-    image_newline: str = "kept_rows"
-    video_budget: str = "per_frame"
-    similarity_keep: str = "lowest"  # the paper's CLIP finding; unverified for SigLIP (docs/design.md section 10)
-
-    def check(self) -> LiteLVLMSettings:
-        r = self.num_retain
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise TypeError(f"num_retain must be an int, got {type(r).__name__}")
-        if r <= 0:
-            raise ValueError(f"num_retain must be > 0, got {r}")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        min_votes_of(self.multi_text)  # the library's one rule for multi_text
-        if self.k_per_text is not None and (isinstance(self.k_per_text, bool) or not isinstance(self.k_per_text, int)
-                                            or self.k_per_text <= 0):
-            raise ValueError(f"k_per_text must be None or an int > 0, got {self.k_per_text!r}")
-        return self
 
 
 @dataclasses.dataclass
@@ -111,7 +72,7 @@ class FamilyAdapter:
     per_call_strategy = False  # whether a call may override the config's vision_feature_select_strategy
     tower_sees_output_flags = False  # whether the stock forward passes output_attentions / _hidden_states to the tower
 
-    def __init__(self, model, pruner: LiteLVLMPruner, settings: LiteLVLMSettings):
+    def __init__(self, model, pruner, settings: LiteLVLMSettings):
         self.model, self.pruner, self.settings = model, pruner, settings
         self.check_model()
 

@@ -1,16 +1,17 @@
 """LiteLVLM pruning on stock Hugging Face ``transformers`` CLIP towers (the public entry point).
 
-The adapter is split by concern (one module per job, one file per model family):
+The selection itself is shared with the vLLM plugin (``litelvlm_kernels.selection``: scorers per tower kind,
+layouts per family, docs/design.md section 11); this package is the transformers front end, one module per
+job, one file per model family:
 
 =====================  =======================================================
-``_towers``            where a CLIP model keeps its vision / text tower
-``capture``            one vision forward run by hand (no hooks) -> ``VisionCapture``
-``text``               [EOS] embeddings, grouping per image, the folded-text cache
-``pruner``             ``LiteLVLMPruner``: tower + texts -> kept tokens
-``lvlm``               the model-agnostic part of patching a whole LVLM (enable / disable)
-``inputs``             input checks, shrinking placeholder runs, re-padding, merging the kept features
+``pruner``             ``LiteLVLMPruner``: tower + texts -> kept tokens (a scorer + a text folder)
+``adapter``            what a family tells the patch (settings, modalities, feature layers)
+``lvlm``               patching a whole LVLM (enable / disable, forward, generate)
+``inputs``             input checks at the boundary, placeholder runs per item
+``prompt``             the shrunk prompt: each row's dropped placeholders removed, the kept features merged
+``vision_outputs``     the stock vision outputs rebuilt (image_outputs / image_hidden_states)
 ``generation``         generate() with the caller's meaning: lengths, id-reading callables, caches
-``views``              selection over tiles / frames with the public ops
 ``llava`` ...          one file per LVLM family (see docs/CONTRIBUTING.md)
 ``metrics``            tokens, FLOPs, KV bytes, time before / after on given inputs
 =====================  =======================================================
@@ -38,12 +39,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "(or: pip install transformers)."
     ) from exc
 
-from ._towers import text_tower, vision_tower
-from .capture import VisionCapture, capture_vision
+from ..selection.capture import VisionCapture, capture_vision
+from ..selection.clip import encode_text
+from ..selection.text import TextCondition
+from ..selection.towers import text_tower, vision_tower
 from .lvlm import LiteLVLMSettings, disable_litelvlm, enable_litelvlm
 from .metrics import format_metrics, prefill_metrics
 from .pruner import HFPruneResult, LiteLVLMPruner
-from .text import TextCondition, encode_text
 
 __all__ = [
     "HFPruneResult",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .capture import check_pixels
-from .text import check_expression
+from ..selection.capture import check_pixels
+from ..selection.text import check_expression
 
 # The call's per-token arguments: shrunk with input_ids (each item's dropped placeholders removed, the caller's padding
 # kept, see ``prompt.shrink``) -> the value a padding position gets. token_type_ids: PaliGemma's prefix (0, attended

@@ -17,12 +17,10 @@ real patch (stock transformers slices row 0 whatever it is) and is refused.
 
 from __future__ import annotations
 
-import torch
-
-from .. import ops
-from ._towers import config_get, model_part
+from ..selection.layouts.single import Single
+from ..selection.towers import config_get, model_part
+from ..selection.views import view_reports
 from .adapter import FamilyAdapter, Modality, register_adapter
-from .views import view_reports
 
 
 def grid_side(model) -> int:
@@ -60,8 +58,8 @@ class LlavaAdapter(FamilyAdapter):
 
     def modalities(self) -> list:
         return [Modality("pixel_values", image_token_id(self.model.config), ("image_sizes",),
-                         lambda kw: [self.num_patches() + self.extra(kw)] * kw["pixel_values"].shape[0],
-                         self.image_features)]
+                         lambda kw: [Single(self.num_patches(), self.extra(kw)).stock_count()]
+                         * kw["pixel_values"].shape[0], self.image_features)]
 
     def extra(self, kwargs: dict) -> int:
         """1 when [CLS] goes to the LLM as a token too (a CLIP tower with "full"); the call's strategy counts."""
@@ -76,10 +74,7 @@ class LlavaAdapter(FamilyAdapter):
                                 k_per_text=s.k_per_text, order=s.order, return_tokens=False, return_capture=True,
                                 full_tower=True)
         feats = self.features_of(res.capture, kwargs)  # [N, (1 +) M, C]: what the stock projector reads
-        extra = self.extra(kwargs)
-        tokens = ops.gather_tokens(feats[:, extra:], res.indices)
-        if extra:  # [CLS] first, as in hidden_states[layer] itself
-            tokens = torch.cat([feats[:, :1], tokens], 1)
+        tokens = Single(self.num_patches(), self.extra(kwargs)).assemble(feats, res.indices)  # [CLS] first if kept
         projected = model_part(self.model, "multi_modal_projector")(tokens)
         g = self.side()
         views = view_reports(list(zip(res.indices, res.from_similarity)), (g, g))

@@ -29,10 +29,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._towers import config_get, model_part
+from ..selection.layouts.video import PooledVideo
+from ..selection.towers import config_get, model_part
+from ..selection.views import contribution, view_reports, view_similarity
 from .adapter import Modality, register_adapter
 from .llava_next import LlavaNextAdapter
-from .views import contribution, select_views, view_reports, view_similarity
 
 
 @register_adapter
@@ -69,14 +70,12 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         feats_in = self.features_of(cap, kwargs)
         stock = pooled if feats_in is cap.hidden else resampler(feats_in)      # [B F, P, C]: projected, as stock
         frame_item = torch.arange(B).repeat_interleave(Fr)
-        s, num = view_similarity(self.pruner, pooled, cond, frame_item)
+        s, num = view_similarity(self.pruner.ln_eps, pooled, cond, frame_item)
         stride = int(config_get(self.model.config, "spatial_pool_stride", default=2))
         g = self.side()
         c = F.avg_pool2d(contribution(cap).view(-1, 1, g, g), stride, stride).flatten(1)  # [B F, P]
-        valid = torch.ones_like(c, dtype=torch.bool)
-        groups = [list(range(b * Fr, (b + 1) * Fr)) for b in range(B)]
-        chosen = select_views(s, c, num, valid, groups, self.settings, joint=self.settings.video_budget == "per_clip")
+        video = PooledVideo(self.pooled_per_frame())
+        chosen = video.select(s, c, num, B, self.settings)
         proj = model_part(self.model, "multi_modal_projector")(stock)           # [B F, P, H], as stock
-        feats = [torch.cat([proj[f, chosen[f][0]] for f in group]) for group in groups]
-        side = g // stride
-        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups], cap
+        feats = video.assemble(proj, chosen, B, None, self.settings.image_newline)
+        return feats, [view_reports(chosen[b * Fr:(b + 1) * Fr], (video.side, video.side)) for b in range(B)], cap

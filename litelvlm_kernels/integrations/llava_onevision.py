@@ -62,12 +62,13 @@ from __future__ import annotations
 
 import torch
 
-from ._towers import config_get, model_part
+from ..selection.layouts.onevision import OneVision, max_views
+from ..selection.layouts.video import PooledVideo
+from ..selection.towers import config_get, model_part
+from ..selection.views import contribution, view_reports, view_similarity
 from .adapter import FamilyAdapter, Modality, register_adapter
 from .llava import grid_side, image_token_id
-from .llava_next import geometry as anyres_geometry
-from .llava_next import grid_rows
-from .views import contribution, select_views, view_reports, view_similarity
+from .llava_next import anyres_layout
 
 
 def _owner(model):
@@ -90,40 +91,14 @@ def pooling(model, x: torch.Tensor) -> torch.Tensor:
     return _owner(model).apply_pooling(x)
 
 
+def onevision_layout(model) -> OneVision:
+    """The model's layout (its AnyRes geometry read with its own modeling module's helpers)."""
+    return OneVision(anyres_layout(model))
+
+
 def geometry(model, image_size, aspect: str, multi_view: bool = True) -> dict:
-    """Views, stock placeholder count and final grid of one image (``image_size`` = (H, W)).
-
-    Counts come from the model's own code: the tile grid and the unpadding from ``llava_next.geometry`` (the
-    module's ``get_anyres_image_grid_shape`` / ``unpad_image``), the final grid h2 x w2 and the placeholder count
-    from ``pack_image_features`` run on a one-channel map whose newline rows are marked.
-
-    Returns ``{"views", "stock", "grid": (h2, w2), "cells", "cell_grids"}``: ``cells`` per view the positions
-    (into the image's final tokens without newlines: base 0..M-1, then M + r w2 + col) it owns, in raster order;
-    ``cell_grids`` per view the (rows, cols) of that rectangle.
-    """
-    g = grid_side(model)
-    M = g * g
-    size = torch.as_tensor(image_size).reshape(1, 2)
-    if not multi_view:
-        return {"views": 1, "stock": M + 1, "grid": None, "cells": [torch.arange(M)], "cell_grids": [(g, g)]}
-    geo = anyres_geometry(model, size[0])
-    nh, nw, crop = geo["nh"], geo["nw"], geo["crop"]
-    marked = pack(model, [torch.zeros(geo["views"], M, 1)], size, aspect, newline=torch.ones(1))[0]
-    h2 = int(marked.sum())
-    w2 = (marked.shape[0] - M) // h2 - 1 if h2 else 0
-    h, w = crop.shape
-    top, left = (int(crop[0, 0]) // (nw * g), int(crop[0, 0]) % (nw * g)) if crop.numel() else (0, 0)
-    # tile of each final row / column: the one holding its centre, top + (i + 1/2) h / h2, in integers
-    tile_row = ((2 * top * h2 + (2 * torch.arange(h2) + 1) * h) // (2 * h2 * g)).clamp(max=nh - 1)
-    tile_col = ((2 * left * w2 + (2 * torch.arange(w2) + 1) * w) // (2 * w2 * g)).clamp(max=nw - 1)
-    cells, cell_grids = [torch.arange(M)], [(g, g)]
-    for t in range(nh * nw):
-        r = (tile_row == t // nw).nonzero().flatten()
-        c = (tile_col == t % nw).nonzero().flatten()
-        cells.append((M + r[:, None] * w2 + c[None, :]).flatten())
-        cell_grids.append((r.numel(), c.numel()))
-    return {"views": geo["views"], "stock": marked.shape[0], "grid": (h2, w2), "cells": cells,
-            "cell_grids": cell_grids}
+    """Views, stock placeholder count and final grid of one image (``OneVision.geometry``) for ``model``."""
+    return onevision_layout(model).geometry(image_size, aspect, multi_view)
 
 
 @register_adapter
@@ -142,6 +117,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
             raise ValueError(f"vision_feature_select_strategy={st!r}: LLaVA-OneVision with {tower} needs {want!r}, "
                              "so that the projector's rows are exactly the patch grid")
         self.aspect({})
+        self.layout = onevision_layout(self.model)
 
     def side(self) -> int:
         return grid_side(self.model)
@@ -150,8 +126,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         """``vision_aspect_ratio`` of the call or the config ("anyres_max_N")."""
         a = kwargs.get("vision_aspect_ratio") or config_get(self.model.config, "vision_aspect_ratio",
                                                              default="anyres_max_9")
-        if not (isinstance(a, str) and a.startswith("anyres_max_") and a[len("anyres_max_"):].isdigit()):
-            raise ValueError(f"vision_aspect_ratio={a!r}: expected 'anyres_max_N'")
+        max_views(a)
         return a
 
     def multi_view(self, kwargs: dict, n: int) -> list:
@@ -171,7 +146,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
             raise ValueError(f"image_sizes: one (height, width) per image needed, got "
                              f"{None if sizes is None else n} for {px.shape[0]} images")
         aspect = self.aspect(kwargs)
-        geos = [geometry(self.model, sz, aspect, mv) for sz, mv in zip(sizes, self.multi_view(kwargs, n))]
+        geos = [self.layout.geometry(sz, aspect, mv) for sz, mv in zip(sizes, self.multi_view(kwargs, n))]
         views = [geo["views"] for geo in geos]
         if px.dim() == 5 and px.shape[1] < max(views):
             raise ValueError(f"pixel_values: {px.shape[1]} views per image, but image_sizes need up to {max(views)}")
@@ -198,7 +173,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
 
     def _scores(self, cap, cond, view_item):
         """[V, M, T + 1] fp32: the similarity to each text and the contribution, as channels, and T, num_texts."""
-        s, num = view_similarity(self.pruner, cap.hidden, cond, view_item)
+        s, num = view_similarity(self.pruner.ln_eps, cap.hidden, cond, view_item)
         c = contribution(cap).to(s.device, s.dtype)
         return torch.cat([s.transpose(1, 2), c[..., None]], -1), s.shape[1], num
 
@@ -213,40 +188,15 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         final_maps = pack(self.model, maps.split(counts), sizes, aspect)                  # [n_i, T + 1] per image
         proj = model_part(self.model, "multi_modal_projector")(self.features_of(cap, kwargs))  # [views, M, H]
         final = pack(self.model, proj.split(counts), sizes, aspect)                       # [n_i, H] per image
-        # one selection row per view: the final tokens it owns (gathered from its image's maps), padded
-        cells = [c for geo in geos for c in geo["cells"]]
-        offsets = torch.tensor([0] + [f.shape[0] for f in final_maps]).cumsum(0)
-        width = max(c.numel() for c in cells)
-        idx = torch.zeros(len(cells), width, dtype=torch.long)
-        valid = torch.zeros(len(cells), width, dtype=torch.bool)
-        for v, (i, c) in enumerate(zip(view_item.tolist(), cells)):
-            idx[v, :c.numel()] = c + offsets[i]
-            valid[v, :c.numel()] = True
-        table = torch.cat(final_maps)[idx.to(maps.device)]                                # [V, width, T + 1]
-        starts = torch.tensor([0] + counts).cumsum(0).tolist()
-        groups = [list(range(starts[i], starts[i + 1])) for i in range(len(geos))]
-        chosen = select_views(table[..., :T].transpose(1, 2), table[..., T], num, valid.to(maps.device), groups,
-                              self.settings, joint=self.settings.budget == "global")
+        chosen, kept = self.layout.select(final_maps, geos, T, num, self.settings)
         newline = model_part(self.model, "image_newline")
-        feats, reports = [], []
-        for i, geo in enumerate(geos):
-            mine = range(starts[i], starts[i + 1])
-            kept = torch.cat([cells[v][chosen[v][0].cpu()] for v in mine]).sort().values
-            feats.append(self.layout(geo, final[i], kept, newline))
-            reports.append([view_reports([chosen[v]], grid)[0] for v, grid in zip(mine, geo["cell_grids"])])
+        feats = [self.layout.assemble(geo, final[i], kept[i], newline, self.settings.image_newline)
+                 for i, geo in enumerate(geos)]
+        starts = torch.tensor([0] + counts).cumsum(0).tolist()
+        reports = [[view_reports([chosen[v]], grid)[0] for v, grid in zip(range(starts[i], starts[i + 1]),
+                                                                          geo["cell_grids"])]
+                   for i, geo in enumerate(geos)]
         return feats, reports, cap
-
-    def layout(self, geo, final: torch.Tensor, kept: torch.Tensor, newline) -> torch.Tensor:
-        """``final`` [n, H]: the image's stock tokens without newlines; ``kept``: ascending positions into it."""
-        mode = self.settings.image_newline
-        nl = [newline.to(final.device, final.dtype)[None]]
-        if geo["grid"] is None:  # a multi-image view: its tokens, then the newline that closes it
-            return torch.cat([final[kept.to(final.device)]] + (nl if mode != "none" else []))
-        M = self.side() ** 2
-        h2, w2 = geo["grid"]
-        base, grid = kept[kept < M], kept[kept >= M] - M
-        rows = grid_rows(final[(M + grid).to(final.device)], grid // w2, h2, newline, mode)
-        return torch.cat([final[base.to(final.device)], *rows])
 
     def video_features(self, kwargs: dict, cond) -> tuple:
         px = kwargs["pixel_values_videos"]                                                # [B, F, 3, H, W]
@@ -255,12 +205,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         maps, T, num = self._scores(cap, cond, torch.arange(B).repeat_interleave(Fr))
         pooled = pooling(self.model, maps)                                                # [B F, P, T + 1]
         proj = pooling(self.model, model_part(self.model, "multi_modal_projector")(self.features_of(cap, kwargs)))
-        groups = [list(range(b * Fr, (b + 1) * Fr)) for b in range(B)]
-        valid = torch.ones(pooled.shape[:2], dtype=torch.bool, device=pooled.device)
-        chosen = select_views(pooled[..., :T].transpose(1, 2), pooled[..., T], num, valid, groups, self.settings,
-                              joint=self.settings.video_budget == "per_clip")
-        nl = model_part(self.model, "image_newline").to(proj.device, proj.dtype)[None]
-        tail = [] if self.settings.image_newline == "none" else [nl]
-        feats = [torch.cat([proj[f, chosen[f][0]] for f in group] + tail) for group in groups]
-        side = int(round(pooled.shape[1] ** 0.5))
-        return feats, [view_reports([chosen[f] for f in group], (side, side)) for group in groups], cap
+        video = PooledVideo(pooled.shape[1], closing_newline=True)
+        chosen = video.select(pooled[..., :T].transpose(1, 2), pooled[..., T], num, B, self.settings)
+        feats = video.assemble(proj, chosen, B, model_part(self.model, "image_newline"), self.settings.image_newline)
+        return feats, [view_reports(chosen[b * Fr:(b + 1) * Fr], (video.side, video.side)) for b in range(B)], cap

@@ -40,8 +40,8 @@ import types
 
 import torch
 
-from ._copy import deepcopy_fields
-from ._towers import find_tower, model_part
+from .._copy import deepcopy_fields
+from ..selection.towers import model_part
 from .adapter import FamilyAdapter, LiteLVLMSettings, adapter_for, register_adapter
 from .generation import (
     CONTINUED_FIELDS,
@@ -62,7 +62,6 @@ from .generation import (
 from .inputs import check_inputs, pixel_keys
 from .prompt import prepare_inputs
 from .pruner import LiteLVLMPruner
-from .siglip import is_siglip_tower
 from .vision_outputs import attach
 
 __all__ = ["FamilyAdapter", "LiteLVLMSettings", "disable_litelvlm", "enable_litelvlm", "register_adapter"]
@@ -351,13 +350,11 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     cls = adapter_for(model)
     s = LiteLVLMSettings(**settings).check()
     if pruner is None:
-        vision = model_part(model, "vision_tower")
-        if visual_projection is None and not is_siglip_tower(find_tower(vision, "vision")):
-            # a CLIPModel as text_model carries the projection too (a SigLIP tower has none to take)
-            visual_projection = getattr(text_model, "visual_projection", None)
-        pruner = LiteLVLMPruner(vision, text_model, tokenizer, visual_projection=visual_projection,
-                                select_layer=cls.select_layer_of(model), vision_head=vision_head,
-                                head_contribution=head_contribution)
+        # a CLIPModel as text_model carries the visual projection LLaVA's tower lacks
+        pruner = LiteLVLMPruner(model_part(model, "vision_tower"), text_model, tokenizer,
+                                visual_projection=visual_projection, select_layer=cls.select_layer_of(model),
+                                vision_head=vision_head, head_contribution=head_contribution,
+                                projection_from_text_model=True)
     elif vision_head is not None or head_contribution != "exact":
         raise ValueError("vision_head / head_contribution: set them on the pruner you pass (pruner=)")
     return LiteLVLMPatch(model, cls(model, pruner, s))

@@ -30,9 +30,9 @@ import inspect
 import re
 
 from .. import ops
-from ._towers import config_get, find_tower, model_part
+from ..selection.towers import config_get, find_tower, model_part
+from ..selection.views import view_reports
 from .adapter import FamilyAdapter, Modality, register_adapter
-from .views import view_reports
 
 # how a 4.x PaliGemma scales its projected image features (in get_image_features, or inline in forward in 4.45)
 _SCALING = re.compile(r"image_features\s*/\s*\(?\s*self\.config\.(text_config\.)?hidden_size\s*\*\*\s*0\.5")

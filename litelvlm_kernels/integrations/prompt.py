@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._towers import config_get
+from ..selection.towers import config_get
 from .inputs import PER_TOKEN, expressions_per_item, items_per_row, pixel_keys, placeholder_ids
 from .vision_outputs import legacy, vision_output
 

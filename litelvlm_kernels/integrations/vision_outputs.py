@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._towers import model_part
+from ..selection.towers import model_part
 
 
 def _asked(adapter, kwargs: dict, name: str) -> bool:

@@ -25,7 +25,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import tiny_lvlm as tl  # noqa: E402
 
-from litelvlm_kernels.integrations._towers import find_tower  # noqa: E402
+from litelvlm_kernels.selection.towers import find_tower  # noqa: E402
 
 IMAGE, PATCH = 336, 14
 M = (IMAGE // PATCH) ** 2  # 576

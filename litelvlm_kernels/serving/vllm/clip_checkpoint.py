@@ -48,7 +48,7 @@ def tokenizer(clip: str):
     """The CLIP tokenizer of the checkpoint, checked against its text tower (``check_tokenizer``)."""
     import transformers
 
-    from ...integrations.text import check_tokenizer
+    from ...selection.clip import check_tokenizer
 
     tok = transformers.AutoTokenizer.from_pretrained(resolve(clip))
     check_tokenizer(tok, clip_config(clip).text_config)

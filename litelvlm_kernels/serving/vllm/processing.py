@@ -42,7 +42,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
-from ...integrations.text import tokenize_texts
+from ...selection.text import tokenize_texts
 from . import clip_checkpoint
 from .settings import (
     CONFIG_KEY,

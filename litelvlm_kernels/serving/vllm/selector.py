@@ -9,7 +9,7 @@ input) and drops ``post_layernorm``; no LLaVA checkpoint holds CLIP's text tower
   are never run, as in ``capture_vision``);
 * ``post_layernorm`` and ``visual_projection`` (folded with the texts: ``fold_text``);
 * the CLIP text tower with its projection (a transformers ``CLIPTextModelWithProjection``; the
-  [EOS] embeddings come from ``integrations.text.encode_text``, as in ``LiteLVLMPruner``).
+  [EOS] embeddings come from ``selection.clip.encode_text``, as in ``LiteLVLMPruner``).
 
 Weights: the last layer and ``post_layernorm`` from the LLaVA checkpoint when it has them (the
 Hugging Face integration uses the LLaVA's own tower), else from the CLIP checkpoint; the text side
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ... import fold_text, prune
-from ...integrations.capture import last_layer_qkv
-from ...integrations.text import encode_text
+from ...selection.capture import last_layer_qkv
+from ...selection.clip import encode_text
 from .settings import ServingSettings
 
 

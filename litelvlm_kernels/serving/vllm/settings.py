@@ -49,7 +49,7 @@ class ServingSettings:
 
 def settings_from_config(hf_config) -> ServingSettings:
     """The validated ``litelvlm`` settings of a LLaVA config (ValueError / TypeError naming the key)."""
-    from ...integrations.lvlm import LiteLVLMSettings
+    from ...selection.settings import LiteLVLMSettings
 
     raw = getattr(hf_config, CONFIG_KEY, None)
     if raw is None:
@@ -87,7 +87,7 @@ class RequestOptions:
 def request_options(settings: ServingSettings, kwargs: Mapping[str, object] | None,
                     num_patches: int) -> RequestOptions:
     """The request's expression(s) and budget from its ``mm_processor_kwargs``, validated."""
-    from ...integrations.text import check_expression
+    from ...selection.text import check_expression
 
     kwargs = kwargs or {}
     r = kwargs.get(NUM_RETAIN_KEY, None)

@@ -25,42 +25,9 @@ from typing import Any
 
 import torch
 
-from ._towers import tensor_version, text_tower
+from .settings import check_similarity_keep
 
 TextsArg = str | Sequence[str] | Sequence[Sequence[str]]
-
-
-def encode_text(text_model: torch.nn.Module, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """[EOS] embeddings after the text projection: ``text_embeds`` [N, P].
-
-    Parameters
-    ----------
-    text_model : torch.nn.Module
-        CLIPTextModelWithProjection or CLIPModel (both hold ``text_model`` and
-        ``text_projection``).
-    input_ids, attention_mask : torch.Tensor
-        [N, L] token ids; each row needs an ``eos_token_id`` (tokenizers add
-        it): the tower pools at the first one.
-
-    Returns
-    -------
-    torch.Tensor
-        [N, P] ``text_embeds``.
-
-    Examples
-    --------
-    >>> e = encode_text(clip, tok(["a cat"], return_tensors="pt").input_ids)  # doctest: +SKIP
-    """
-    tower = text_tower(text_model)
-    if not hasattr(text_model, "text_projection"):
-        raise TypeError(
-            f"text_model: {type(text_model).__name__} has no text_projection; pass a "
-            "CLIPTextModelWithProjection or a CLIPModel"
-        )
-    out = tower(input_ids=input_ids, attention_mask=attention_mask)
-    pooled = out.pooler_output if hasattr(out, "pooler_output") else out[1]  # return_dict=False configs
-    return text_model.text_projection(pooled)
 
 
 @dataclasses.dataclass
@@ -80,15 +47,6 @@ class TextCondition:
     @property
     def num_groups(self) -> int:
         return self.text_embeds.shape[0]
-
-
-SIMILARITY_KEEP = ("lowest", "highest")
-
-
-def check_similarity_keep(value) -> str:
-    if value not in SIMILARITY_KEEP:
-        raise ValueError(f"similarity_keep must be one of {SIMILARITY_KEEP}, got {value!r}")
-    return value
 
 
 def oriented(folded, similarity_keep: str):
@@ -182,31 +140,6 @@ def check_vocab_fits(top: int, text_config, tower: str) -> None:
                          f"(ids 0..{vocab - 1}); pass the {tower} tokenizer of the same checkpoint (not the LLM's)")
 
 
-def check_tokenizer(tokenizer, text_config) -> None:
-    """Refuse a tokenizer that cannot be the text tower's own (say, the LLM's): every id it makes must be in the
-    tower's vocabulary, and its [EOS] must be the token the tower pools at.
-
-    The tower pools at the first ``eos_token_id`` of each row, except configs that keep the legacy
-    ``eos_token_id = 2`` (the original OpenAI checkpoints), which pool at the highest id of the row: the
-    tokenizer's [EOS] must then be the highest id it can produce (``highest_id``: ids may have gaps).
-    """
-    top = highest_id(tokenizer)
-    if top is None:
-        return  # not a Hugging Face tokenizer: nothing to compare
-    check_vocab_fits(top, text_config, "CLIP")
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise ValueError("tokenizer: has no eos_token_id; the CLIP text tower pools at [EOS]")
-    tower_eos = getattr(text_config, "eos_token_id", None)
-    if tower_eos == 2:
-        if eos != top:
-            raise ValueError(f"tokenizer: [EOS] is id {eos}, but this CLIP text tower (legacy eos_token_id=2) pools "
-                             f"at the highest id ({top}); pass the CLIP tokenizer of the same checkpoint")
-    elif tower_eos is not None and eos != tower_eos:
-        raise ValueError(f"tokenizer: [EOS] is id {eos}, but the CLIP text tower pools at eos_token_id={tower_eos}; "
-                         "pass the CLIP tokenizer of the same checkpoint (not the LLM's)")
-
-
 def tokenize_texts(tokenizer, texts, max_len: int | None, lock, **kwargs) -> tuple:
     """(encoding of ``texts`` padded to the longest and cut to ``max_len`` tokens, the longest length before the
     cut or None when nothing was cut).
@@ -258,6 +191,14 @@ def text_for_rows(cond: TextCondition, B: int, share_text_across: int | None):
                                  b=folded.b.repeat_interleave(share_text_across, dim=0))
         num = num.repeat_interleave(share_text_across)
     return folded, num
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """The in-place version counter, -1 for inference tensors (they have none and cannot change in place)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def weights_key(tensors) -> tuple:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 __all__ = [
     "DecoderConfig",
@@ -287,20 +287,3 @@ def prefill_macs(cfg: DecoderConfig, num_visual: int, num_text: int, **options) 
 def prefill_flops(cfg: DecoderConfig, num_visual: int, num_text: int, **options) -> int:
     """``2 * prefill_macs(...)`` (one multiply-accumulate = two FLOPs); same keyword options."""
     return 2 * prefill_macs(cfg, num_visual, num_text, **options)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m litelvlm_kernels.flops``: a table (or ``--json``) of MACs, FLOPs, KV cache and activations.
-
-    The CLI lives in ``litelvlm_kernels._flops_cli`` (with ``litelvlm_kernels.memory``'s columns).
-    """
-    from ._flops_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

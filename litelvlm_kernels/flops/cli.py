@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .flops import PRESETS, DecoderConfig, prefill_breakdown, prefill_macs
-from .memory import ATTENTION, prefill_memory
+from ..memory import ATTENTION, prefill_memory
+from . import PRESETS, DecoderConfig, prefill_breakdown, prefill_macs
 
 MB = 1e6
 

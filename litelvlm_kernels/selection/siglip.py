@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import torch
 
-from ._towers import find_tower
 from .capture import VisionCapture, check_pixels, embed, normalise_layer, run_layer
+from .scorer import Scorer
 from .text import check_vocab_fits, highest_id
+from .towers import find_tower
+
+__all__ = ["SiglipScorer", "capture_siglip", "head_contribution", "is_siglip_tower"]
 
 
 def is_siglip_tower(tower: torch.nn.Module) -> bool:
@@ -105,6 +108,20 @@ def check_source(tower: torch.nn.Module, source: torch.nn.Module, name: str = "v
                          f"{n_tower}; pass the checkpoint this tower comes from")
 
 
+def head_contribution(source: torch.nn.Module, first: int, h: torch.Tensor, mode: str = "exact") -> torch.Tensor:
+    """c [B, M] fp32: each patch's term of the pooling head's attention (docs/design.md 10.1), from ``h`` [B, M, Dv],
+    the state after ``first`` layers: ``source``'s layers ``first`` .. L - 1 (those the LVLM's tower dropped), its
+    post-layernorm and head run in the checkpoint's own dtype (module docstring)."""
+    from ..pooling_head import head_qkv, map_contribution
+
+    h = h.to(source.post_layernorm.weight.dtype)
+    for layer in source.encoder.layers[first:]:
+        h = run_layer(layer, h)
+    head = source.head
+    q, k, v = head_qkv(head, source.post_layernorm(h))
+    return map_contribution(q, k, v, head.attention.out_proj.weight, head.attention.num_heads, mode=mode)
+
+
 def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values: torch.Tensor, *,
                    select_layer: int = -1, contribution: str = "exact", interpolate_pos_encoding: bool = False,
                    tied_last: bool = False) -> VisionCapture:
@@ -112,8 +129,8 @@ def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values
 
     The LVLM's own tower runs its L' layers (``select_layer`` indexes its hidden_states: 0 = embeddings,
     i = output of layer i - 1); the layers L' .. L - 1 that the LVLM dropped come from ``source`` (the original
-    checkpoint), whose post-layernorm and pooling head then give the contribution. Nothing is stored on a
-    module: thread-safe, and an error leaves nothing behind.
+    checkpoint), whose post-layernorm and pooling head then give the contribution (``head_contribution``).
+    Nothing is stored on a module: thread-safe, and an error leaves nothing behind.
 
     ``tied_last``: the stock ``hidden_states[-1]`` is the tower's post-layernormed output
     (``ties_last_hidden_state``); then ``features`` at the last layer is that, ``hidden`` stays the layer's state.
@@ -125,8 +142,6 @@ def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values
         ``contribution`` [B, M] fp32, ``features`` (the stock hidden_states[select_layer]); ``q_cls`` / ``keys`` /
         ``values`` / ``cls_hidden`` are None.
     """
-    from ..pooling_head import head_qkv, map_contribution
-
     check_pixels(pixel_values, tower.config, "pixel_values")
     layers = tower.encoder.layers
     idx = normalise_layer(select_layer, len(layers))
@@ -138,12 +153,7 @@ def capture_siglip(tower: torch.nn.Module, source: torch.nn.Module, pixel_values
     selected = states[idx]
     norm = getattr(tower, "post_layernorm", None)
     last_hidden = norm(h) if norm is not None else h  # what the tower's own forward returns
-    h = h.to(source.post_layernorm.weight.dtype)  # the checkpoint's parts run in its own dtype (module docstring)
-    for layer in source.encoder.layers[len(layers):]:
-        h = run_layer(layer, h)
-    head = source.head
-    q, k, v = head_qkv(head, source.post_layernorm(h))
-    c = map_contribution(q, k, v, head.attention.out_proj.weight, head.attention.num_heads, mode=contribution)
+    c = head_contribution(source, len(layers), h, contribution)
     stock = None
     if tied_last:  # the stock hidden_states[-1] is last_hidden_state itself
         states[-1] = last_hidden
@@ -223,3 +233,93 @@ def check_siglip_tokenizer(tokenizer, text_config) -> None:
     check_vocab_fits(top, text_config, "SigLIP")
     if getattr(tokenizer, "pad_token_id", None) is None:
         raise ValueError("tokenizer: has no pad token; SigLIP texts are padded to the text tower's length")
+
+
+class SiglipScorer(Scorer):
+    """The scorer of a SigLIP tower: the original checkpoint's pooling head plays [CLS] (docs/design.md section 10).
+
+    Parameters
+    ----------
+    tower : torch.nn.Module
+        The LVLM's SigLIP vision transformer (its layers run by ``capture``). An engine with its own tower passes
+        None and gives ``num_tower_layers``.
+    source : torch.nn.Module
+        The original SigLIP vision transformer with its head (``head_source``): its post-layernorm, head and the
+        layers the LVLM's tower dropped.
+    text_model, tokenizer
+        SigLIP's text tower (SiglipModel / SiglipTextModel) and tokenizer, or None.
+    head_contribution : "exact" or "heads"
+        ``map_contribution``'s ``mode``.
+    vision_model : torch.nn.Module, optional
+        What the caller passed for the tower (4.5x's hidden_states tie is a property of its class).
+    source_name : str
+        The argument the checkpoint came in as, for errors about it.
+    """
+
+    has_cls = False
+    end_layer = -1
+    kind = "siglip"
+
+    def __init__(self, tower, source, text_model=None, tokenizer=None, *, head_contribution: str = "exact",
+                 vision_model=None, num_tower_layers: int | None = None, source_name: str = "vision_head"):
+        super().__init__(text_model, tokenizer)
+        if head_contribution not in ("exact", "heads"):
+            raise ValueError(f"head_contribution must be 'exact' or 'heads', got {head_contribution!r}")
+        self.tower, self.source, self.head_contribution = tower, source, head_contribution
+        if tower is not None:
+            check_source(tower, source, source_name)
+            num_tower_layers = len(tower.encoder.layers)
+        self.num_tower_layers = num_tower_layers
+        self._tied_last = ties_last_hidden_state(vision_model) if vision_model is not None else False
+        if text_model is not None:
+            text = siglip_text_tower(text_model)
+            out = text.head.out_features
+            if out != source.config.hidden_size:
+                raise ValueError(f"text_model: its text head gives {out}-d embeddings but the SigLIP vision head "
+                                 f"{source.config.hidden_size}-d ones; pass the same SigLIP checkpoint")
+            if tokenizer is not None:
+                check_siglip_tokenizer(tokenizer, text.config)
+
+    def check_layer(self, select_layer: int) -> None:
+        normalise_layer(select_layer, self.num_tower_layers)
+
+    # ---- [EOS] side ---------------------------------------------------------------------------
+
+    def projection(self) -> tuple:
+        return fold_params(self.source)
+
+    @property
+    def post_layernorm(self) -> torch.nn.Module:
+        return self.source.post_layernorm
+
+    def fold_weights(self) -> list:
+        # the fold is computed from these (a new tensor per call, no stable id)
+        return list(self.source.head.attention.parameters()) + [self.ln_weight, self.ln_bias]
+
+    def text_length(self) -> int | None:
+        return getattr(siglip_text_tower(self.text_model).config, "max_position_embeddings", None)
+
+    def token_ids(self, enc) -> tuple:
+        """As trained: padded to the tower's length, pooled at the last position, no mask."""
+        side = getattr(self.tokenizer, "padding_side", "right")
+        return pad_to_length(enc["input_ids"], self.text_length(), self.tokenizer.pad_token_id, side), None
+
+    def encode_ids(self, input_ids, attention_mask) -> torch.Tensor:
+        if attention_mask is not None:
+            raise ValueError("attention_mask: SigLIP's text tower is used without one (it was trained on "
+                             "texts padded to max_position_embeddings); pass input_ids padded that way")
+        return encode_siglip_text(self.text_model, input_ids)
+
+    # ---- [CLS] side ---------------------------------------------------------------------------
+
+    def contribution_inputs(self, end_state: torch.Tensor) -> dict:
+        """The head's contribution from the LVLM tower's final state ``end_state`` [B, M, Dv]."""
+        return dict(contribution=head_contribution(self.source, self.num_tower_layers, end_state,
+                                                   self.head_contribution))
+
+    def capture(self, pixel_values, *, select_layer: int, full_tower: bool = False,
+                interpolate_pos_encoding: bool = False, stop_early: bool = True) -> VisionCapture:
+        return capture_siglip(self.tower, self.source, pixel_values, select_layer=select_layer,
+                              contribution=self.head_contribution, tied_last=self._tied_last,
+                              interpolate_pos_encoding=interpolate_pos_encoding)
+

@@ -33,15 +33,16 @@ from .._validate import min_votes_of
 INF = float("inf")
 
 
-def view_similarity(pruner, hidden, cond, view_item: torch.Tensor):
-    """s [V, T, M] fp32 and num_texts [V] (or None) for views of items ``view_item`` [V]."""
+def view_similarity(ln_eps: float, hidden, cond, view_item: torch.Tensor):
+    """s [V, T, M] fp32 and num_texts [V] (or None) for views of items ``view_item`` [V]; ``ln_eps``: the eps of the
+    scorer's layernorm."""
     folded = cond.folded
     if cond.num_groups == 1:
         w, b, num = folded.w, folded.b, None
     else:
         idx = view_item.to(folded.w.device)
         w, b, num = folded.w[idx], folded.b[idx], cond.num_texts[idx]
-    return ops.text_similarity(hidden.detach(), w, b, pruner.ln_eps), num
+    return ops.text_similarity(hidden.detach(), w, b, ln_eps), num
 
 
 def contribution(cap):
@@ -85,3 +86,19 @@ def view_reports(kept: list, grid: tuple) -> list:
     """One ``{"indices", "from_similarity", "grid"}`` dict per view (on the CPU): what ``viz.save_kept_tokens``
     takes as keyword arguments."""
     return [{"indices": i.cpu(), "from_similarity": f.cpu(), "grid": grid} for i, f in kept]
+
+
+def grid_rows(feats: torch.Tensor, row_of: torch.Tensor, num_rows: int, newline: torch.Tensor, mode: str) -> list:
+    """Kept grid tokens row by row, each row followed by the ``newline`` embedding [H] as ``mode`` says.
+
+    ``feats`` [k, H]: the kept tokens in raster order; ``row_of`` [k] (CPU): their grid rows, ascending.
+    ``mode``: ``"all"`` a newline after every row (as stock), ``"kept_rows"`` after each row that kept a
+    token, ``"none"`` none. Shared by the AnyRes layouts (LLaVA-NeXT, LLaVA-OneVision).
+    """
+    nl = newline.to(feats.device, feats.dtype)[None]
+    out = []
+    for mine in feats.split(torch.bincount(row_of, minlength=num_rows).tolist()):
+        out.append(mine)
+        if mode == "all" or (mode == "kept_rows" and mine.shape[0] > 0):
+            out.append(nl)
+    return out

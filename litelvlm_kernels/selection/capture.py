@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._towers import layer_output, vision_tower
+from .towers import layer_output, vision_tower
 
 
 @dataclasses.dataclass
