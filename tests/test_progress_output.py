@@ -68,7 +68,8 @@ echo "unexpected python call: $*" >&2; exit 99
 @pytest.mark.parametrize("serial,main_rc,triton_rc", [("0", 0, 0), ("0", 3, 0), ("0", 0, 4), ("1", 3, 0)])
 def test_test_sh_streams_both_suites_with_headers(tmp_path, serial, main_rc, triton_rc):
     py = fake_python(tmp_path / "python", _PYTEST_STAND_IN)
-    r = run_script("test.sh", {"PYTHON": str(py), "SKIP_VLLM": "1", "SKIP_LMMS_EVAL": "1", "SKIP_LINT": None, "SERIAL": serial,
+    r = run_script("test.sh", {"PYTHON": str(py), "SKIP_VLLM": "1", "SKIP_LMMS_EVAL": "1", "SKIP_LINT": None,
+                               "SERIAL": serial,
                                "MAIN_RC": str(main_rc), "TRITON_RC": str(triton_rc)})
     out = r.stdout.splitlines()
     assert "unexpected python call" not in r.stderr, r.stderr
