@@ -7,6 +7,7 @@ measured); needs the vLLM venv (``scripts/install_vllm_cpu.sh``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import importlib.util
@@ -241,17 +242,20 @@ PARTS = ("encoder_step", "tower", "projector", "selection", "fold_text", "last_l
 
 
 def _first_image(x):
-    """One image's slice of a batched argument (a tensor or a per-image list); anything else as is."""
+    """One image's slice of a batched argument (a tensor, a per-image list, a TextCondition); else as is."""
     if isinstance(x, torch.Tensor) and x.dim() > 0:
         return x[:1]
     if isinstance(x, list):
         return x[:1]
+    if dataclasses.is_dataclass(x) and hasattr(x, "folded"):  # the folded texts of the batch: the first image's
+        return dataclasses.replace(x, text_embeds=x.text_embeds[:1], num_texts=x.num_texts[:1],
+                                   folded=x.folded._replace(w=x.folded.w[:1], b=x.folded.b[:1]))
     return x
 
 
 def install_timers(model) -> None:
-    """Wall-clock timers around the image path's pieces (instance attributes; the selector module's
-    ``prune`` / ``last_layer_qkv`` names while this engine lives; CPU ops are synchronous, so the wall
+    """Wall-clock timers around the image path's pieces (instance attributes, and the selector module's
+    ``prune`` while this engine lives; "last_layer_qkv" times the scorer's ``contribution_inputs``; CPU ops are synchronous, so the wall
     clock is the compute). Appends (images, seconds) per call to ``model._bench_timers[part]`` and keeps
     the first image of the last tower / selection / projector call for ``time_one_image``."""
     import litelvlm_kernels.serving.vllm.selector as sel
@@ -280,7 +284,7 @@ def install_timers(model) -> None:
     if hasattr(model, "litelvlm"):
         wrap(model.litelvlm, "select", "selection")
         wrap(model.litelvlm, "fold", "fold_text")
-        wrap(sel, "last_layer_qkv", "last_layer_qkv", instance=False)
+        wrap(model.litelvlm.scorer, "contribution_inputs", "last_layer_qkv")
         wrap(sel, "prune", "prune_op", instance=False)
     model._bench_undo = undo
 

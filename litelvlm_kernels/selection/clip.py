@@ -169,3 +169,56 @@ class ClipScorer(Scorer):
         return capture_vision(self.vision_model, pixel_values, select_layer=select_layer,
                               stop_early=stop_early and not full_tower,
                               interpolate_pos_encoding=interpolate_pos_encoding)
+
+
+class _LastLayerQKV(torch.nn.Module):
+    """What the scorer reads of a CLIP tower's last layer: ``layer_norm1`` and the q / k / v projections."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.layer_norm1 = torch.nn.LayerNorm(width, eps=eps)
+        self.self_attn = torch.nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(self.self_attn, name, torch.nn.Linear(width, width, bias=True))
+
+
+class ClipEngineParts(torch.nn.Module):
+    """A CLIP scorer's modules for an engine that runs its own tower (vLLM): the last layer's ``layer_norm1`` and
+    q / k / v, ``post_layernorm``, ``visual_projection`` and the text tower with its projection, built from the
+    LVLM tower's vision config and the CLIP checkpoint's config. Loaded by name (``checkpoint_names``); the
+    engine's tower runs up to the last layer's input, which ``contribution_inputs`` reads."""
+
+    def __init__(self, vision_config, scorer_config):
+        super().__init__()
+        import transformers
+
+        dv, eps = vision_config.hidden_size, vision_config.layer_norm_eps
+        self.num_tower_layers = vision_config.num_hidden_layers
+        self.encoder = torch.nn.Module()
+        self.encoder.layers = torch.nn.ModuleList([_LastLayerQKV(dv, eps)])
+        self.post_layernorm = torch.nn.LayerNorm(dv, eps=eps)
+        self.visual_projection = torch.nn.Linear(dv, scorer_config.projection_dim, bias=False)
+        text_config = scorer_config.text_config
+        text_config.projection_dim = scorer_config.projection_dim  # CLIPConfig keeps it at the top level
+        text_config._attn_implementation = "sdpa"
+        self.text = transformers.CLIPTextModelWithProjection(text_config).eval()
+
+    def scorer(self, tokenizer=None, head_contribution: str = "exact") -> ClipScorer:
+        """The scorer on these modules (``head_contribution``: SigLIP's setting, nothing to choose for CLIP)."""
+        return ClipScorer(self, self.visual_projection, self.text, tokenizer)
+
+    def checkpoint_names(self) -> dict:
+        """{our parameter name: (where, its name there)}: "tower" names are relative to a vision tower
+        (``vision_model.`` in the CLIP checkpoint; the LVLM checkpoint's own tower has them too, and its are
+        used when present), "scorer" names are the CLIP checkpoint's."""
+        last = self.num_tower_layers - 1
+        names = {f"post_layernorm.{p}": ("tower", f"post_layernorm.{p}") for p in ("weight", "bias")}
+        for p in ("weight", "bias"):
+            names[f"encoder.layers.0.layer_norm1.{p}"] = ("tower", f"encoder.layers.{last}.layer_norm1.{p}")
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                ours = f"encoder.layers.0.self_attn.{proj}.{p}"
+                names[ours] = ("tower", f"encoder.layers.{last}.self_attn.{proj}.{p}")
+        names["visual_projection.weight"] = ("scorer", "visual_projection.weight")
+        for name, _ in self.text.named_parameters():
+            names[f"text.{name}"] = ("scorer", name)  # text_model.*, text_projection.weight: CLIPModel's names
+        return names

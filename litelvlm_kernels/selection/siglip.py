@@ -115,7 +115,8 @@ def head_contribution(source: torch.nn.Module, first: int, h: torch.Tensor, mode
     from ..pooling_head import head_qkv, map_contribution
 
     h = h.to(source.post_layernorm.weight.dtype)
-    for layer in source.encoder.layers[first:]:
+    # an engine's parts hold only the layers past the LVLM's tower (``siglip_parts``): their first is layer_offset
+    for layer in source.encoder.layers[first - getattr(source, "layer_offset", 0):]:
         h = run_layer(layer, h)
     head = source.head
     q, k, v = head_qkv(head, source.post_layernorm(h))

@@ -42,7 +42,10 @@ def cfg(**litelvlm):
 
 @pytest.mark.parametrize("config,err,match", [
     (types.SimpleNamespace(), ValueError, r"litelvlm: the model config has no"),
-    (cfg(num_retain=8), ValueError, r"litelvlm\.clip"),
+    (cfg(num_retain=8), ValueError, r"litelvlm\.scorer"),
+    (cfg(clip="/x", scorer="/y"), ValueError, r"litelvlm: give the checkpoint once"),
+    (cfg(clip="/x", image_newline="kept_rows"), ValueError, r"litelvlm\.image_newline='kept_rows'"),
+    (cfg(clip="/x", head_contribution="some"), ValueError, r"litelvlm\.head_contribution"),
     (cfg(clip="/x", num_retian=8), ValueError, r"unknown settings \['num_retian'\]"),
     (cfg(clip="/x", num_retain=0), ValueError, r"litelvlm\.num_retain"),
     (cfg(clip="/x", num_retain=True), TypeError, r"litelvlm\.num_retain"),
@@ -89,7 +92,7 @@ def test_placeholders_prompt_and_profile_are_r_prime(processor, tiny):
 
     info = processor.info
     assert info.get_num_image_tokens(image_width=336, image_height=336) == R
-    assert info.get_num_image_tokens(image_width=336, image_height=336, num_retain=10_000) == M
+    assert info.kept_count(10_000) == M
     assert info.get_max_image_tokens() == R
     assert info.get_mm_max_tokens_per_item(seq_len=2048, mm_counts={"image": 1}) in (None, {"image": R})
     # the memory profile: the dummy image gets R placeholders (and a dummy expression, so it does not fail)
@@ -107,7 +110,14 @@ def test_placeholders_prompt_and_profile_are_r_prime(processor, tiny):
     ids, meta = (item[k].data for k in ("litelvlm_text_ids", "litelvlm_meta"))
     enc = tiny.clip_tokenizer(["the cat", "a dog"], padding=True, return_tensors="pt")
     assert torch.equal(ids, enc["input_ids"])
-    assert meta.tolist() == [R, 2] and item["litelvlm_meta"].field.keep_on_cpu
+    assert meta.tolist() == [R, 2, R] and item["litelvlm_meta"].field.keep_on_cpu
+    assert item["litelvlm_text_ids"].field.keep_on_cpu  # the fold cache keys on the ids without a device sync
+    # the request's own budget reaches vLLM's count (through the processor's context variable), not the config's
+    inputs = ProcessorInputs(prompt, items, hf_processor_mm_kwargs={"expression": "the cat", "num_retain": 5})
+    out = processor.apply(inputs, TimingContext(enabled=False))
+    assert sum(t == tiny.image_token_id for t in out["prompt_token_ids"]) == 5
+    assert out["mm_kwargs"]["image"][0]["litelvlm_meta"].data.tolist() == [5, 1, 5]
+    assert info.get_num_image_tokens(image_width=336, image_height=336) == R  # outside the request: configured
 
 
 def test_engine_level_expression_or_budget_is_refused(tiny):
@@ -136,16 +146,25 @@ def test_selection_reads_no_device_data(tiny):
     plugin passes no mask at all, see selector.fold.)"""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from litelvlm_kernels.serving.vllm.selector import LiteLVLMSelector
+    from litelvlm_kernels.serving.vllm.selector import EngineSelector
 
     s = settings.settings_from_config(cfg(clip=str(tiny.clip_dir), num_retain=R))
     vc = tiny.llava.config.vision_config
-    with FakeTensorMode():
-        sel = LiteLVLMSelector(vc, tiny.clip.config, s)
+    ids = [torch.randint(0, 30, (2, 5)), torch.randint(0, 30, (1, 4)), torch.zeros(1, 1, dtype=torch.int64)]
+    sel = EngineSelector(vc, tiny.clip.config, s)
+    # fold reads the ids' bytes on purpose: they are CPU-resident host data (the processor's keep_on_cpu field)
+    # that key the fold cache; it reads no other tensor's data
+    calls = []
+    encode = sel.scorer.encode_ids
+    sel.scorer.encode_ids = lambda ids, mask: calls.append(ids.shape[0]) or encode(ids, mask)
+    cond = sel.fold(ids, [2, 1, 0])
+    again = sel.fold([ids[1], ids[0]], [1, 2])  # the same expressions again, other images: folded once only
+    assert calls == [3]  # one text-tower call for the 3 distinct texts, none for the repeats
+    assert torch.equal(again.folded.w[1], cond.folded.w[0]) and torch.equal(again.folded.w[0, :1], cond.folded.w[1, :1])
+    with FakeTensorMode(allow_non_fake_inputs=True):
         states = torch.randn(3, 1 + M, vc.hidden_size)
-        ids = [torch.randint(0, 30, (2, 5)), torch.randint(0, 30, (1, 4)), torch.zeros(1, 1, dtype=torch.int64)]
-        out = sel.select(states, ids, [(R, 2), (16, 1), (R, 0)], keep_cls=True)
-    assert [tuple(o.shape) for o in out] == [(R + 1, vc.hidden_size), (17, vc.hidden_size), (R + 1, vc.hidden_size)]
+        out = sel.select(states[:, 1:], states, cond, [R, 16, R])
+    assert [tuple(i.shape) for i, _ in out] == [(R,), (16,), (R,)]
 
 
 def test_settings_in_config_json(tiny, tmp_path):

@@ -1,21 +1,27 @@
-"""The vLLM plugin: a LiteLVLM LLaVA-1.5 architecture for vLLM (docs/serving.md).
+"""The vLLM plugin: LiteLVLM architectures for vLLM (docs/serving.md), one model file per family.
 
 Files, one job each:
 
 * ``plugin.py``: ``register()``, the ``vllm.general_plugins`` entry point (idempotent);
-* ``settings.py``: the ``litelvlm`` settings in the model config (``--hf-overrides`` or
-  config.json) and the per-request options (``mm_processor_kwargs``), validated with named errors;
-* ``clip_checkpoint.py``: the CLIP checkpoint's tokenizer, configs and the tensors the plugin needs;
-* ``processing.py``: the multimodal processor: R' placeholders per image (prompt and memory
-  profile) and the expression tokenised into per-image tensor fields;
-* ``model.py``: ``LiteLVLMLlavaForConditionalGeneration``, vLLM's LLaVA with the selection in its
-  image path (``litelvlm_kernels.prune``: fused select + gather, no host sync);
+* ``settings.py``: the ``litelvlm`` settings in the model config (``--hf-overrides`` or config.json) and
+  the per-request options (``mm_processor_kwargs``), validated with named errors;
+* ``checkpoint.py``: the scorer checkpoint's tokenizer, config and the tensors the plugin needs;
+* ``processing.py``: what every family's multimodal processor adds: counts from the family's layout at the
+  request's budget (prompt and memory profile), the expression as per-item fields;
+* ``selector.py``: the scorer's modules inside the engine, folded texts cached by content, the fused
+  selection; ``engine.py``: what every model file shares (fields, row checks, weight loading);
+* ``llava.py`` ...: one model file per family: vLLM's model with the selection in its image path;
 * ``cpu_torchvision_shim.py``: a workaround for CPU machines only (see its docstring).
 
 Importing this package imports neither vLLM nor torch.
 """
 
-ARCHITECTURE = "LiteLVLMLlavaForConditionalGeneration"
-MODEL_CLASS = "litelvlm_kernels.serving.vllm.model:LiteLVLMLlavaForConditionalGeneration"
+# architecture name -> "module:class", registered lazily by plugin.register()
+_PKG = "litelvlm_kernels.serving.vllm"
+ARCHITECTURES = {
+    "LiteLVLMLlavaForConditionalGeneration": f"{_PKG}.llava:LiteLVLMLlavaForConditionalGeneration",
+}
+ARCHITECTURE = "LiteLVLMLlavaForConditionalGeneration"  # the first one (LLaVA-1.5); kept for existing callers
+MODEL_CLASS = ARCHITECTURES[ARCHITECTURE]
 
-__all__ = ["ARCHITECTURE", "MODEL_CLASS"]
+__all__ = ["ARCHITECTURE", "ARCHITECTURES", "MODEL_CLASS"]

@@ -8,28 +8,28 @@ this architecture is resolved) and does nothing when the name is already registe
 
 from __future__ import annotations
 
-from . import ARCHITECTURE, MODEL_CLASS
+from . import ARCHITECTURES
 
 
 def register() -> None:
-    """Register ``LiteLVLMLlavaForConditionalGeneration`` with vLLM's ModelRegistry (idempotent)."""
+    """Register every LiteLVLM architecture with vLLM's ModelRegistry (idempotent)."""
     from vllm import ModelRegistry
 
-    if is_registered():
-        return
-    ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    for name, target in ARCHITECTURES.items():
+        if not is_registered(name):
+            ModelRegistry.register_model(name, target)
 
 
-def is_registered() -> bool:
-    """True when the architecture is registered (by this plugin: the lazy class or the class itself)."""
+def is_registered(name: str = "LiteLVLMLlavaForConditionalGeneration") -> bool:
+    """True when ``name`` is registered to this plugin's class (the lazy entry or the class itself)."""
     from vllm import ModelRegistry
 
-    entry = ModelRegistry.models.get(ARCHITECTURE)
+    entry = ModelRegistry.models.get(name)
     if entry is None:
         return False
-    module, cls = MODEL_CLASS.split(":")
+    module, cls = ARCHITECTURES[name].split(":")
     # _LazyRegisteredModel(module_name, class_name) or _RegisteredModel(..., model_cls)
     if getattr(entry, "module_name", None) == module and getattr(entry, "class_name", None) == cls:
         return True
     model_cls = getattr(entry, "model_cls", None)
-    return model_cls is not None and f"{model_cls.__module__}:{model_cls.__name__}" == MODEL_CLASS
+    return model_cls is not None and f"{model_cls.__module__}:{model_cls.__name__}" == ARCHITECTURES[name]

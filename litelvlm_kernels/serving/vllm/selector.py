@@ -1,24 +1,14 @@
-"""The selection inside the engine: what vLLM's LLaVA lacks, and the call to ``litelvlm_kernels.prune``.
+"""The selection inside the engine: the scorer's modules, the folded texts, and the calls to the shared ops.
 
-vLLM builds the LLaVA vision tower only up to ``vision_feature_layer`` (-2, the last layer's
-input) and drops ``post_layernorm``; no LLaVA checkpoint holds CLIP's text tower,
-``text_projection`` or ``visual_projection``. ``LiteLVLMSelector`` holds exactly those:
+vLLM runs its own vision tower; ``EngineSelector`` holds what the scorer needs besides
+(``selection.kinds.engine_parts_for``: CLIP's last-layer q/k/v, post-layernorm, visual projection and text
+tower; or SigLIP's dropped layers, post-layernorm, head and text tower), built from the configs and loaded
+from the checkpoints (``load``), and the scorer over them (docs/design.md 11.1). The modules are plain torch
+modules, replicated on every tensor-parallel rank (the tower's output they read is already whole).
 
-* the last layer's ``layer_norm1`` and ``q_proj`` / ``k_proj`` / ``v_proj`` (for [CLS]'s query and
-  the patch keys / values, through ``capture.last_layer_qkv``: the last layer's attention and MLP
-  are never run, as in ``capture_vision``);
-* ``post_layernorm`` and ``visual_projection`` (folded with the texts: ``fold_text``);
-* the CLIP text tower with its projection (a transformers ``CLIPTextModelWithProjection``; the
-  [EOS] embeddings come from ``selection.clip.encode_text``, as in ``LiteLVLMPruner``).
-
-Weights: the last layer and ``post_layernorm`` from the LLaVA checkpoint when it has them (the
-Hugging Face integration uses the LLaVA's own tower), else from the CLIP checkpoint; the text side
-and both projections from the CLIP checkpoint. The modules are plain torch modules, replicated on
-every tensor-parallel rank (the vision tower's output they read is already whole).
-
-``select`` takes vLLM's batched per-image fields (see ``processing.py``) and does no host sync:
-the only host-side numbers (budget, text count) come from a CPU-resident field, and the rest are
-shapes.
+Texts are folded once per distinct content: the processor sends each image's expression as CPU-resident
+token ids, so the fold cache is keyed by their content with no device sync, and an expression asked again
+(another image, another request) costs a lookup. Nothing here reads device data on the host.
 """
 
 from __future__ import annotations
@@ -26,13 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ... import fold_text, prune
-from ...selection.capture import last_layer_qkv
-from ...selection.clip import encode_text
+from ... import FoldedText, fold_text, prune
+from ...selection.kinds import engine_parts_for
+from ...selection.text import FoldCache, TextCondition, oriented
 from .settings import ServingSettings
 
 
-def _device_tensor(values: list, device: torch.device) -> torch.Tensor:
+def device_tensor(values: list, device: torch.device) -> torch.Tensor:
     """An int64 tensor of host ints on ``device`` without a blocking copy (pinned memory on CUDA)."""
     t = torch.tensor(values, dtype=torch.int64)
     if device.type == "cuda":
@@ -40,50 +30,28 @@ def _device_tensor(values: list, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-class LiteLVLMSelector(nn.Module):
-    def __init__(self, vision_config, clip_config, settings: ServingSettings):
-        super().__init__()
-        import transformers
+class EngineSelector(nn.Module):
+    """``vision_config``: the LVLM tower's; ``scorer_config``: the scorer checkpoint's (CLIPConfig / SiglipConfig)."""
 
-        dv = vision_config.hidden_size
-        eps = vision_config.layer_norm_eps
+    def __init__(self, vision_config, scorer_config, settings: ServingSettings, fold_cache: int = 256):
+        super().__init__()
         self.settings = settings
-        self.layer_norm1 = nn.LayerNorm(dv, eps=eps)
-        self.q_proj = nn.Linear(dv, dv, bias=True)
-        self.k_proj = nn.Linear(dv, dv, bias=True)
-        self.v_proj = nn.Linear(dv, dv, bias=True)
-        self.post_layernorm = nn.LayerNorm(dv, eps=eps)
-        self.visual_projection = nn.Linear(dv, clip_config.projection_dim, bias=False)
-        text_config = clip_config.text_config
-        text_config.projection_dim = clip_config.projection_dim  # CLIPConfig keeps it at the top level
-        text_config._attn_implementation = "sdpa"
-        self.text = transformers.CLIPTextModelWithProjection(text_config).eval()
-        # tests and debugging: set to a list to get (indices, from_similarity) of every image selected
+        self.parts = engine_parts_for(vision_config, scorer_config)
+        self.scorer = self.parts.scorer(head_contribution=settings.head_contribution)
+        self._folds = FoldCache(fold_cache)
+        # tests and debugging: set to a list to get (num_retain, indices, from_similarity) of every image selected
         # (CPU copies, so a host sync per call: leave it None when serving)
         self.recorder: list | None = None
 
-    # ---- weights --------------------------------------------------------------------------
+    # ---- weights ------------------------------------------------------------------------------
 
-    # this module's parameter name -> the name in a LLaVA checkpoint's vision tower / a CLIP checkpoint
-    def tower_names(self, last: int) -> dict:
-        """Parameters that live in the vision tower: {ours: name relative to ``vision_model.``}."""
-        names = {"post_layernorm.weight": "post_layernorm.weight", "post_layernorm.bias": "post_layernorm.bias"}
-        for p in ("weight", "bias"):
-            names[f"layer_norm1.{p}"] = f"encoder.layers.{last}.layer_norm1.{p}"
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                names[f"{proj}.{p}"] = f"encoder.layers.{last}.self_attn.{proj}.{p}"
-        return names
-
-    def clip_names(self) -> dict:
-        """Parameters read from the CLIP checkpoint only: {ours: checkpoint name}."""
-        names = {"visual_projection.weight": "visual_projection.weight"}
-        for name, _ in self.text.named_parameters():
-            names[f"text.{name}"] = name  # text_model.* and text_projection.weight, as CLIPModel stores them
-        return names
+    def checkpoint_names(self) -> dict:
+        """{our parameter name (under ``parts.``): (where, name there)}; see the parts' ``checkpoint_names``."""
+        return {f"parts.{k}": v for k, v in self.parts.checkpoint_names().items()}
 
     @torch.no_grad()
     def load(self, tensors: dict) -> set:
-        """Copy {our parameter / buffer name: tensor} in; returns the names loaded."""
+        """Copy {our parameter name: tensor} in; returns the names loaded."""
         state = self.state_dict(keep_vars=True)
         for name, t in tensors.items():
             dst = state[name]
@@ -93,54 +61,69 @@ class LiteLVLMSelector(nn.Module):
             dst.copy_(t.to(dtype=dst.dtype, device=dst.device))
         return set(tensors)
 
-    # ---- selection ------------------------------------------------------------------------
+    # ---- texts --------------------------------------------------------------------------------
 
-    def fold(self, text_ids: list, num_texts: list):
-        """Per image [T'_i, L_i] ids -> (FoldedText [N, T, Dv], num_texts [N] on the device).
+    def fold(self, text_ids: list, num_texts: list) -> TextCondition:
+        """Per item [T'_i, L_i] CPU ids (T_i real rows) -> one TextCondition over the N items ([N, T, Dv] folded,
+        num_texts [N] on the device), each distinct content encoded and folded once (cached)."""
+        s = self.scorer
+        dev = s.ln_weight.device
+        # the ids are CPU-resident (the processor's field): their bytes are host data, read with no device sync
+        # (numpy() reads the memory directly, not through an op, so it is host data under FakeTensorMode too)
+        keys = [(tuple(x.shape), x.numpy().tobytes(), int(t)) for x, t in zip(text_ids, num_texts)]
+        todo = {k: (x, int(t)) for k, x, t in zip(keys, text_ids, num_texts) if self._folds.get(k) is None}
+        if todo:
+            self._fold_new(todo)
+        entries = [self._folds.get(k) for k in keys]
+        entries = [e if e is not None else self._fold_one(x, int(t)) for e, x, t in zip(entries, text_ids, num_texts)]
+        t_max = max(e[0].shape[0] for e in entries)
+        w = entries[0][0].new_zeros(len(entries), t_max, entries[0][0].shape[-1])
+        b = entries[0][1].new_zeros(len(entries), t_max)
+        for i, (wi, bi) in enumerate(entries):
+            w[i, :wi.shape[0]], b[i, :bi.shape[0]] = wi, bi
+        return TextCondition(text_embeds=w[..., :0], num_texts=device_tensor([e[0].shape[0] for e in entries], dev),
+                             folded=FoldedText(w=w, b=b), similarity_keep=self.settings.similarity_keep)
 
-        No attention mask: CLIP's text tower is causal and pools at [EOS] (the first one, or the highest
-        id with the legacy ``eos_token_id=2``), and every row is padded on the right, after its [EOS],
-        so the padding cannot reach the pooled state. With a mask, transformers would read it on the
-        host to choose an attention path (a device sync per batch).
-        """
-        dev = self.visual_projection.weight.device
-        n = len(text_ids)
-        t_max = max(int(x.shape[0]) for x in text_ids)
-        l_max = max(int(x.shape[1]) for x in text_ids)
-        ids = torch.cat([nn.functional.pad(x, (0, l_max - x.shape[1])) for x in text_ids]).to(dev)
-        embeds = encode_text(self.text, ids)
-        if all(int(x.shape[0]) == t_max for x in text_ids):
-            grouped = embeds.view(n, t_max, -1)
-        else:
-            rows = [i * t_max + t for i, x in enumerate(text_ids) for t in range(int(x.shape[0]))]
-            grouped = embeds.new_zeros(n * t_max, embeds.shape[-1])
-            grouped.index_copy_(0, _device_tensor(rows, dev), embeds)
-            grouped = grouped.view(n, t_max, -1)
-        folded = fold_text(grouped, self.visual_projection.weight, self.post_layernorm.weight,
-                           self.post_layernorm.bias)
-        return folded, _device_tensor(num_texts, dev)
+    def _fold_new(self, todo: dict) -> None:
+        """Encode every new content in one text-tower call, fold each, cache (w [T, Dv], b [T])."""
+        rows = [x[:t] for x, t in todo.values()]
+        real = [r for r in rows if r.shape[0] > 0]
+        s = self.scorer
+        embeds = []
+        if real:
+            L = max(r.shape[1] for r in real)
+            ids = torch.cat([nn.functional.pad(r, (0, L - r.shape[1])) for r in real])
+            embeds = list(s.encode_ids(ids.to(s.ln_weight.device), None).split([r.shape[0] for r in real]))
+        proj, bias = s.projection()
+        for key, (_, t) in todo.items():
+            e = embeds.pop(0) if t > 0 else proj.new_zeros(0, proj.shape[0])
+            f = fold_text(e[None].to(proj.device, proj.dtype), proj, s.ln_weight, s.ln_bias, proj_bias=bias)
+            f = oriented(f, self.settings.similarity_keep)
+            self._folds.put(key, (f.w[0], f.b[0]))
 
-    def select(self, states: torch.Tensor, text_ids: list, meta: list, *,
-               keep_cls: bool = False) -> list:
-        """Kept select-layer tokens of each image.
+    def _fold_one(self, x, t):  # the cache is disabled (size 0): fold without it
+        self._fold_new({("uncached",): (x, t)})
+        return self._folds.get(("uncached",))
 
-        states: [N, 1 + M, Dv], the vision tower's select-layer output with [CLS] first (the last
-        layer's input); text_ids: per image [T'_i, L_i] (right-padded); meta: per image (num_retain, T).
-        Returns a list of N tensors [R'_i (+1 with keep_cls), Dv] in image order.
-        """
-        s = self.settings
-        out: list = [None] * states.shape[0]
-        budgets = sorted({r for r, _ in meta})
-        for r in budgets:  # one fused call per distinct budget (usually one)
-            idx = [i for i, (ri, _) in enumerate(meta) if ri == r]
-            x = states if len(idx) == len(meta) else states[_device_tensor(idx, states.device)]
-            folded, num_texts = self.fold([text_ids[i] for i in idx], [meta[i][1] for i in idx])
-            q_cls, keys, values = last_layer_qkv(x, self.layer_norm1, self.q_proj, self.k_proj, self.v_proj)
-            res = prune(x[:, 1:], folded, q_cls, keys, values, num_retain=r, ln_eps=self.post_layernorm.eps,
-                        multi_text=s.multi_text, k_per_text=s.k_per_text, num_texts=num_texts, order=s.order)
-            tokens = torch.cat([x[:, :1], res.tokens], 1) if keep_cls else res.tokens
+    # ---- selection ----------------------------------------------------------------------------
+
+    def select(self, hidden: torch.Tensor, end_state: torch.Tensor, cond: TextCondition, budgets: list) -> list:
+        """Per row ``(indices [R'_i], from_similarity [R'_i])`` of ``hidden`` [N, M, Dv] (select-layer patch rows),
+        ``end_state`` the tower state the scorer continues from; one fused call per distinct budget."""
+        s, st = self.settings, self.scorer
+        out: list = [None] * hidden.shape[0]
+        for r in sorted(set(budgets)):
+            idx = [i for i, ri in enumerate(budgets) if ri == r]
+            rows = None if len(idx) == len(budgets) else device_tensor(idx, hidden.device)
+
+            def pick(x, rows=rows):
+                return x if rows is None else x[rows]
+            folded = cond.folded._replace(w=pick(cond.folded.w), b=pick(cond.folded.b))
+            res = prune(pick(hidden), folded, **st.contribution_inputs(pick(end_state)), num_retain=r,
+                        ln_eps=st.ln_eps, multi_text=s.multi_text, k_per_text=s.k_per_text,
+                        num_texts=pick(cond.num_texts), order=s.order, return_tokens=False)
             for j, i in enumerate(idx):
-                out[i] = tokens[j]
+                out[i] = (res.indices[j], res.from_similarity[j])
             if self.recorder is not None:
                 self.recorder.extend((int(r), res.indices[j].cpu(), res.from_similarity[j].cpu())
                                      for j in range(len(idx)))

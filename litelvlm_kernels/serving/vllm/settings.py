@@ -1,15 +1,18 @@
 """The plugin's settings (model config) and per-request options (``mm_processor_kwargs``).
 
-Settings live in the LLaVA config under the key ``litelvlm`` (``--hf-overrides`` or config.json)::
+Settings live in the model config under the key ``litelvlm`` (``--hf-overrides`` or config.json)::
 
     {"architectures": ["LiteLVLMLlavaForConditionalGeneration"],
-     "litelvlm": {"clip": "/path/to/clip-vit-large-patch14-336",   # required
+     "litelvlm": {"scorer": "/path/to/clip-vit-large-patch14-336",   # required ("clip": the old name)
                   "num_retain": 192, "multi_text": "union", "k_per_text": null,
                   "order": "official", "missing_expressions": "error"}}
 
-``clip`` names the CLIP checkpoint whose vision tower the LLaVA uses: its text tower,
-``text_projection``, ``visual_projection`` and tokenizer are loaded from it (no LLaVA checkpoint
-holds them). The other keys mean what they mean for ``enable_litelvlm`` (``LiteLVLMSettings``).
+``scorer`` names the checkpoint the LVLM's vision tower comes from (docs/design.md 11.1): a CLIP
+checkpoint for a CLIP tower (its text tower, projections and tokenizer are loaded from it: no LLaVA
+checkpoint holds them), the original SigLIP checkpoint for a SigLIP tower (its text tower, pooling head,
+post-layernorm and the layers the LVLM dropped). The other keys mean what they mean for
+``enable_litelvlm`` (``LiteLVLMSettings``), except ``image_newline``: "all" (the default here) or "none",
+the count-stable choices a serving engine needs (docs/design.md 11.4).
 
 Per request (``mm_processor_kwargs``; on the OpenAI-compatible server only with
 ``--trust-request-mm-kwargs``):
@@ -34,17 +37,34 @@ CONFIG_KEY = "litelvlm"
 EXPRESSION_KEY = "expression"
 NUM_RETAIN_KEY = "num_retain"
 REQUEST_KEYS = (EXPRESSION_KEY, NUM_RETAIN_KEY)
-_SETTING_KEYS = ("clip", "num_retain", "multi_text", "k_per_text", "order", "missing_expressions")
+_SELECTION_KEYS = ("num_retain", "multi_text", "k_per_text", "order", "missing_expressions", "budget",
+                   "image_newline", "video_budget", "similarity_keep")
+_SETTING_KEYS = ("scorer", "clip", "head_contribution") + _SELECTION_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
 class ServingSettings:
-    clip: str
+    scorer: str
     num_retain: int = 192
     multi_text: Any = "union"
     k_per_text: int | None = None
     order: str = "official"
     missing_expressions: str = "error"
+    budget: str = "per_tile"
+    image_newline: str = "all"
+    video_budget: str = "per_frame"
+    similarity_keep: str = "lowest"
+    head_contribution: str = "exact"
+
+    @property
+    def clip(self) -> str:  # the settings' old name
+        return self.scorer
+
+    def selection(self):
+        """The same choices as ``LiteLVLMSettings`` (what the shared selection reads)."""
+        from ...selection.settings import LiteLVLMSettings
+
+        return LiteLVLMSettings(**{k: getattr(self, k) for k in _SELECTION_KEYS})
 
 
 def settings_from_config(hf_config) -> ServingSettings:
@@ -54,23 +74,34 @@ def settings_from_config(hf_config) -> ServingSettings:
     raw = getattr(hf_config, CONFIG_KEY, None)
     if raw is None:
         raise ValueError(f"{CONFIG_KEY}: the model config has no {CONFIG_KEY!r} settings; pass them with "
-                         f"--hf-overrides '{{\"{CONFIG_KEY}\": {{\"clip\": \"/path/to/clip\", \"num_retain\": 192}}}}' "
+                         f"--hf-overrides '{{\"{CONFIG_KEY}\": {{\"scorer\": \"/path/to/clip\", \"num_retain\": 192}}}}' "
                          "(or add them to config.json)")
     if not isinstance(raw, Mapping):
         raise TypeError(f"{CONFIG_KEY}: expected a dict of settings, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_SETTING_KEYS))
     if unknown:
         raise ValueError(f"{CONFIG_KEY}: unknown settings {unknown}; known: {list(_SETTING_KEYS)}")
-    clip = raw.get("clip")
-    if not isinstance(clip, str) or not clip:
-        raise ValueError(f"{CONFIG_KEY}.clip: the CLIP checkpoint (a folder or hub id) whose text tower, projections "
-                         f"and tokenizer LiteLVLM scores with is required, got {clip!r}")
-    kw = {k: raw[k] for k in _SETTING_KEYS[1:] if k in raw}
+    if "clip" in raw and "scorer" in raw:
+        raise ValueError(f"{CONFIG_KEY}: give the checkpoint once, as scorer (clip is its old name)")
+    scorer = raw.get("scorer", raw.get("clip"))
+    if not isinstance(scorer, str) or not scorer:
+        raise ValueError(f"{CONFIG_KEY}.scorer: the checkpoint (a folder or hub id) the LVLM's vision tower comes "
+                         f"from, whose text tower, projections and tokenizer LiteLVLM scores with, is required, got "
+                         f"{scorer!r}")
+    kw = {k: raw[k] for k in _SELECTION_KEYS if k in raw}
+    kw.setdefault("image_newline", "all")
     try:
-        LiteLVLMSettings(**kw).check()  # the HF integration's rules, one place
+        LiteLVLMSettings(**kw).check()  # the transformers front end's rules, one place
     except (TypeError, ValueError) as e:
         raise type(e)(f"{CONFIG_KEY}.{e}") from None
-    return ServingSettings(clip=clip, **kw)
+    if kw["image_newline"] == "kept_rows":
+        raise ValueError(f"{CONFIG_KEY}.image_newline='kept_rows': the placeholder count would depend on which rows "
+                         "keep a token, and vLLM fixes it before the model runs; use 'all' or 'none' "
+                         "(docs/design.md 11.4)")
+    head = raw.get("head_contribution", "exact")
+    if head not in ("exact", "heads"):
+        raise ValueError(f"{CONFIG_KEY}.head_contribution must be 'exact' or 'heads', got {head!r}")
+    return ServingSettings(scorer=scorer, head_contribution=head, **kw)
 
 
 def kept_per_image(settings: ServingSettings, num_patches: int, num_retain: int | None = None) -> int:

@@ -1,10 +1,11 @@
-"""The CLIP checkpoint named by ``litelvlm.clip``: its folder, tokenizer, config and tensors.
+"""The scorer checkpoint named by ``litelvlm.scorer``: its folder, tokenizer, config and tensors.
 
-A LLaVA checkpoint holds the CLIP vision tower but not CLIP's text tower, ``text_projection`` or
-``visual_projection``; the plugin reads those (and, when the LLaVA checkpoint lacks them, the
-vision tower's last layer and ``post_layernorm``) from the CLIP checkpoint the LLaVA was built
-on, e.g. ``openai/clip-vit-large-patch14-336`` for LLaVA-1.5. A local folder is used as is; a hub
-id is resolved with ``huggingface_hub.snapshot_download`` (which honours ``HF_HUB_OFFLINE``).
+An LVLM checkpoint holds the vision tower but not what the scorer needs besides (docs/design.md 11.1):
+CLIP's text tower, ``text_projection`` and ``visual_projection`` (LLaVA-1.5 / NeXT: the CLIP checkpoint
+the LVLM was built on, e.g. ``openai/clip-vit-large-patch14-336``), or SigLIP's text tower, pooling head,
+post-layernorm and the layers the LVLM's tower dropped (LLaVA-OneVision, -Interleave, PaliGemma: the
+original SigLIP checkpoint, e.g. ``google/siglip-so400m-patch14-384``). A local folder is used as is; a
+hub id is resolved with ``huggingface_hub.snapshot_download`` (which honours ``HF_HUB_OFFLINE``).
 Weights are read from ``*.safetensors`` (one file or an index of shards) or ``pytorch_model.bin``,
 and only the tensors asked for are loaded.
 """
@@ -31,27 +32,28 @@ def resolve(clip: str) -> str:
 
         return snapshot_download(clip, allow_patterns=_WEIGHT_PATTERNS)
     except Exception as e:
-        raise ValueError(f"litelvlm.clip={clip!r}: not a folder, and not a checkpoint that could be fetched "
+        raise ValueError(f"litelvlm.scorer={clip!r}: not a folder, and not a checkpoint that could be fetched "
                          f"({type(e).__name__}: {e})") from None
 
 
 @functools.lru_cache(maxsize=8)
-def clip_config(clip: str):
-    """The CLIPConfig (text_config, vision_config, projection_dim)."""
+def config(path: str):
+    """The checkpoint's CLIPConfig or SiglipConfig (text_config, vision_config), by its model_type."""
     import transformers
 
-    return transformers.CLIPConfig.from_pretrained(resolve(clip))
+    return transformers.AutoConfig.from_pretrained(resolve(path))  # engine_parts_for checks its kind
 
 
 @functools.lru_cache(maxsize=8)
-def tokenizer(clip: str):
-    """The CLIP tokenizer of the checkpoint, checked against its text tower (``check_tokenizer``)."""
+def tokenizer(path: str):
+    """The checkpoint's tokenizer, checked against its text tower (``check_tokenizer`` /
+    ``check_siglip_tokenizer``)."""
     import transformers
 
-    from ...selection.clip import check_tokenizer
+    from ...selection.kinds import check_scorer_tokenizer
 
-    tok = transformers.AutoTokenizer.from_pretrained(resolve(clip))
-    check_tokenizer(tok, clip_config(clip).text_config)
+    tok = transformers.AutoTokenizer.from_pretrained(resolve(path))
+    check_scorer_tokenizer(tok, config(path))
     return tok
 
 
@@ -66,7 +68,7 @@ def _weight_files(folder: str) -> list:
         return st
     if "pytorch_model.bin" in names:
         return [os.path.join(folder, "pytorch_model.bin")]
-    raise ValueError(f"litelvlm.clip: no *.safetensors or pytorch_model.bin in {folder}")
+    raise ValueError(f"litelvlm.scorer: no *.safetensors or pytorch_model.bin in {folder}")
 
 
 def read_tensors(clip: str, wanted: Callable[[str], bool]) -> dict:
