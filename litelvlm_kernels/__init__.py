@@ -13,9 +13,9 @@ from . import (
     ops,  # noqa: F401  (registers torch.ops.litelvlm.*)
     reference,  # noqa: F401
 )
-from .api import FoldedText, PruneResult, fold_text, prune
+from .api import FoldedText, PruneResult, fold_text, prune, select_scores
 from .pooling_head import head_qkv, map_contribution
 
 __version__ = "0.1.0"
-__all__ = ["fold_text", "prune", "FoldedText", "PruneResult", "map_contribution", "head_qkv", "ops", "reference",
-           "__version__"]
+__all__ = ["fold_text", "prune", "select_scores", "FoldedText", "PruneResult", "map_contribution", "head_qkv", "ops",
+           "reference", "__version__"]

@@ -162,6 +162,43 @@ def prune(hidden: torch.Tensor, text: Union[torch.Tensor, FoldedText], q_cls: Op
     return PruneResult(indices, tokens, num_sim, from_sim)
 
 
+def select_scores(similarity: torch.Tensor, contribution: torch.Tensor, *, num_retain: int,
+                  multi_text: Union[str, int] = "union", k_per_text: Optional[int] = None,
+                  num_texts: Optional[torch.Tensor] = None, order: str = "official") -> PruneResult:
+    """Keep ``num_retain`` of the M tokens of each row from precomputed scores (the rules of ``prune``).
+
+    For signals that were not computed on the kept rows themselves: a paired scorer's similarity and
+    contribution, resampled from its patch grid onto an LVLM's token grid (docs/design.md section 12). The
+    selection is the same op ``prune`` runs when it is given a ``contribution`` (``select_tokens``).
+
+    Parameters
+    ----------
+    similarity : Tensor [B, T, M]
+        s_tj per text and token (fp32, fp16 or bf16); the lowest are kept per text (bottom-k, section 1.2).
+    contribution : Tensor [B, M]
+        c_j per token; the highest fill the remaining slots (section 1.5).
+    num_retain, multi_text, k_per_text, num_texts, order
+        As :func:`prune`.
+
+    Returns
+    -------
+    PruneResult
+        indices [B, R'] int64, ``tokens`` None, num_similarity [B] int32, from_similarity [B, R'] bool.
+
+    Examples
+    --------
+    >>> import torch, litelvlm_kernels as lk
+    >>> s, c = torch.tensor([[[3., 1., 2., 0.]]]), torch.tensor([[0., 5., 1., 2.]])
+    >>> lk.select_scores(s, c, num_retain=2, order="spatial").indices.tolist()
+    [[1, 3]]
+    """
+    V.check_prune_args(num_retain, k_per_text, order, 0.0, None)
+    min_votes = V.min_votes_of(multi_text)
+    indices, num_sim, from_sim = _SELECT_TOKENS(similarity, contribution, num_retain, min_votes, k_per_text or 0,
+                                                order, num_texts)
+    return PruneResult(indices, None, num_sim, from_sim)
+
+
 def _check_contribution_arg(hidden, contribution, q_cls, keys, values, scale) -> None:
     """``contribution`` replaces q_cls / keys / values (and their softmax ``scale``) and must be [B, M] like hidden."""
     given = [n for n, v in (("q_cls", q_cls), ("keys", keys), ("values", values), ("scale", scale)) if v is not None]

@@ -27,7 +27,7 @@ if not hasattr(transformers.LlavaForConditionalGeneration, "get_image_features")
                 allow_module_level=True)
 
 import _lvlm_models as lm  # noqa: E402
-from _lvlm_models import tl  # noqa: E402
+from _lvlm_models import tl, tq  # noqa: E402
 
 LAYOUTS = ("left", "right", "pad_column", "row", "unpadded")
 SIZES = torch.tensor([[50, 120], [100, 90], [128, 40]])  # (H, W): wide 1 x 2, 2 x 2, tall 2 x 1 tiles
@@ -62,23 +62,26 @@ def layout(batch: dict, items_per_row: list, kind: str, per_item: tuple) -> dict
     if kind == "right":
         shift = [int((1 - m).sum()) for m in mask]
         out = dict(batch)
-        for k in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        for k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "labels"):
             if k in batch:
                 out[k] = torch.stack([torch.roll(r, -sh) for r, sh in zip(batch[k], shift)])
         return out
     if kind == "pad_column":
         out = dict(batch)
-        for k, pad in (("input_ids", tl.PAD), ("attention_mask", 0), ("token_type_ids", 0), ("labels", -100)):
+        for k, pad in (("input_ids", tl.PAD), ("attention_mask", 0), ("token_type_ids", 0), ("mm_token_type_ids", 0),
+                       ("labels", -100)):
             if k in batch:
                 out[k] = torch.cat([torch.full_like(batch[k][:, :1], pad), batch[k]], 1)
         return out
     n = items_per_row[0]
     row = {k: (v[:n] if k in per_item else v[:1]) for k, v in batch.items()}
+    if "image_grid_thw" in batch:  # Qwen: pixel_values hold each image's patch rows, image_grid_thw counts them
+        row["pixel_values"] = batch["pixel_values"][:int(batch["image_grid_thw"][:n].prod(-1).sum())]
     if kind == "row":
         return row
     assert kind == "unpadded"
     real = row["attention_mask"][0].bool()
-    return {k: (v[:, real] if k in ("input_ids", "token_type_ids", "labels") else v)
+    return {k: (v[:, real] if k in ("input_ids", "token_type_ids", "mm_token_type_ids", "labels") else v)
             for k, v in row.items() if k != "attention_mask"}
 
 
@@ -105,6 +108,16 @@ def _video(model):
     return dict(input_ids=ids, attention_mask=mask, pixel_values_videos=px), [1, 1], ("pixel_values_videos",)
 
 
+def _qwen(family: str):
+    """Qwen2.5-VL / Qwen3-VL: the processor's batch (rows of 1 and 2 images; placeholder counts from the grids)."""
+    def build(model):
+        batch = tq.inputs(family)
+        counts = stock_counts(model, "pixel_values", {k: batch[k] for k in ("pixel_values", "image_grid_thw")})
+        assert counts == (batch["image_grid_thw"].prod(-1) // tq.MERGE ** 2).tolist()
+        return batch, [1, 2], ("image_grid_thw",)
+    return build
+
+
 def _paligemma(model):
     batch = tl.paligemma_prompt([1, 2])
     batch["pixel_values"] = lm.pixels(3, 3, tl.IMAGE, tl.IMAGE)
@@ -118,11 +131,13 @@ def model(family: str):
         return lm.paligemma(attn="eager")
     if family == "llava_onevision":
         return lm.onevision(attn="eager")
+    if family in tq.FAMILIES:
+        return lm.qwen(family, attn="eager")
     return lm.lvlm(family, attn="eager")
 
 
 # the families whose test batch has a prompt with two images
-MULTI_IMAGE = ("llava", "llava_siglip", "llava_next", "llava_onevision", "paligemma")
+MULTI_IMAGE = ("llava", "llava_siglip", "llava_next", "llava_onevision", "paligemma", "qwen2_5_vl", "qwen3_vl")
 
 # family -> its inputs builder
 FAMILIES = {
@@ -132,6 +147,9 @@ FAMILIES = {
     "llava_next_video": _video,
     "llava_onevision": _anyres,
     "paligemma": _paligemma,
+    # a paired scorer (the tiny CLIP); kept rows reach the stock forward as mm_encoder_outputs at stock positions
+    "qwen2_5_vl": _qwen("qwen2_5_vl"),
+    "qwen3_vl": _qwen("qwen3_vl"),
 }
 
 

@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import tiny_lvlm as tl  # noqa: E402
+import tiny_qwen as tq  # noqa: E402
 
 from litelvlm_kernels import reference  # noqa: E402
 from litelvlm_kernels.integrations.hf import encode_text, vision_tower  # noqa: E402
@@ -60,7 +61,9 @@ def pixels(*shape, seed=3):
 
 
 def inner(model):
-    return model.model if hasattr(model, "model") and hasattr(model.model, "multi_modal_projector") else model
+    """The base model inside ``model`` (LLaVA-class: holds the projector; Qwen: holds ``visual``)."""
+    sub = getattr(model, "model", None)
+    return sub if hasattr(sub, "multi_modal_projector") or hasattr(sub, "visual") else model
 
 
 def select_layer_states(model, px):
@@ -191,6 +194,12 @@ def greedy(model, inputs, **kw):
 def paligemma(attn: str = "sdpa", llm_std: float | None = None):
     """The tiny PaliGemmaForConditionalGeneration on siglip()'s tower (all its layers, no head)."""
     return tl.tiny_paligemma(siglip(), attn=attn, llm_std=llm_std)
+
+
+@functools.lru_cache(maxsize=None)
+def qwen(family: str, attn: str = "sdpa", llm_std: float | None = 0.3):
+    """The tiny Qwen2.5-VL / Qwen3-VL (``tiny_qwen``); enable() pairs it with clip() as its scorer."""
+    return tq.tiny_qwen(family, attn=attn, llm_std=llm_std)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,13 +15,18 @@ import torch
 
 from ..selection.capture import normalise_layer
 from ..selection.settings import LiteLVLMSettings
-from ..selection.towers import config_get
+from ..selection.towers import config_get, model_part
 
-__all__ = ["FamilyAdapter", "LiteLVLMSettings", "Modality", "adapter_for", "register_adapter"]
+__all__ = ["FamilyAdapter", "LiteLVLMSettings", "Modality", "PAIRED_OPTIONS", "PAIRED_SETTINGS", "adapter_for",
+           "register_adapter"]
 
 # model_type -> adapter class; filled by the family modules listed below (imported on first use).
 _ADAPTERS: dict = {}
-_FAMILY_MODULES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "paligemma")
+_FAMILY_MODULES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "paligemma", "qwen2_5_vl",
+                   "qwen3_vl")
+# enable_litelvlm's settings for a paired scorer only (docs/design.md section 12): refused by the other families
+PAIRED_SETTINGS = ("retain_ratio", "scorer_min_patches", "scorer_max_patches")
+PAIRED_OPTIONS = ("image_mean", "image_std", "scorer_image_mean", "scorer_image_std")
 
 
 def register_adapter(cls):
@@ -54,6 +59,20 @@ class Modality:
     pixel_dims: tuple = (4,)     # accepted pixel tensor ranks ([N, C, H, W]; 5 for views / frames)
     stacked: bool = False        # the stock vision output stacks the items' features in one tensor (else a list)
     legacy_stacked: bool = False  # transformers 4.x's *_hidden_states keep them stacked (else: concatenated rows)
+    check: Any = None            # (kwargs) -> None: the pixel arguments' own check (default: [..., C, H, W] images)
+    # (features, the VisionCapture slot of ``features``) -> a ModelOutput: when set, the kept features reach the
+    # stock forward as ``mm_encoder_outputs[modality]`` (transformers 5.2x) instead of being written into
+    # ``inputs_embeds``; the stock forward scatters them itself and builds what it derives from the placeholders
+    # (Qwen3-VL's DeepStack rows), and the object is also the vision output returned (``image_outputs``)
+    encoder_output: Any = None
+    # (the VisionCapture slot of ``features``) -> per item, the positions within its placeholder run that its kept
+    # features take (ascending); the other columns are dropped. Default None: the first ones (the run's tail is
+    # dropped), which is all that matters where positions are renumbered; a family whose ``stock_positions`` are
+    # gathered with the tokens names the kept tokens' own columns
+    run_columns: Any = None
+    # features takes generate= too (True for generate()'s prefill, where the stock model encodes the items with
+    # their own arguments only, not the call's output_* flags)
+    features_take_generate: bool = False
 
 
 def as_layers(layer) -> list:
@@ -72,9 +91,34 @@ class FamilyAdapter:
     per_call_strategy = False  # whether a call may override the config's vision_feature_select_strategy
     tower_sees_output_flags = False  # whether the stock forward passes output_attentions / _hidden_states to the tower
 
+    paired_scorer = False  # the tower has neither [CLS] nor a pooling head: a paired CLIP / SigLIP scores it
+
     def __init__(self, model, pruner, settings: LiteLVLMSettings):
         self.model, self.pruner, self.settings = model, pruner, settings
+        if not self.paired_scorer:
+            for name in PAIRED_SETTINGS:
+                if getattr(settings, name) is not None:
+                    raise ValueError(f"{name}: a setting of the paired scorer (Qwen2.5-VL, Qwen3-VL); "
+                                     f"{type(self).__name__} scores with its own tower: use num_retain")
         self.check_model()
+
+    @classmethod
+    def build_pruner(cls, model, text_model, tokenizer, options: dict):
+        """The pruner ``enable_litelvlm`` builds from its arguments (``options``: ``visual_projection``,
+        ``vision_head``, ``head_contribution`` and the ``PAIRED_OPTIONS``, None when not given): a
+        ``LiteLVLMPruner`` on the model's own CLIP / SigLIP tower. A family scored otherwise overrides it."""
+        from .pruner import LiteLVLMPruner
+
+        for name in PAIRED_OPTIONS:
+            if options.get(name) is not None:
+                raise ValueError(f"{name}: only for models with a paired scorer (Qwen2.5-VL, Qwen3-VL), whose "
+                                 f"scorer sees re-normalised pixels; {cls.__name__} scores with its own tower")
+        # a CLIPModel as text_model carries the visual projection LLaVA's tower lacks
+        return LiteLVLMPruner(model_part(model, "vision_tower"), text_model, tokenizer,
+                              visual_projection=options.get("visual_projection"),
+                              select_layer=cls.select_layer_of(model), vision_head=options.get("vision_head"),
+                              head_contribution=options.get("head_contribution") or "exact",
+                              projection_from_text_model=True)
 
     def check_model(self) -> None:
         """Raise ValueError naming the config field this adapter cannot handle."""
@@ -122,6 +166,30 @@ class FamilyAdapter:
         if st not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy={st!r} is not supported (default or full)")
         return st
+
+    # ---- hooks of the families whose positions are not 1-D (Qwen's M-RoPE); the defaults change nothing --------
+
+    def stock_positions(self, kwargs: dict, generate: bool):
+        """None (the default: the caller's ``position_ids``, if any, are renumbered so each row's positions stay
+        consecutive, ``prompt.shrink``), or (positions [B, L, K], info): the positions the stock model gives the
+        caller's FULL prompt, which every kept token keeps (gathered with it, never renumbered), and whatever
+        ``kept_positions`` needs to know of how they were made. ``generate``: the call is generate()'s prefill
+        (some models derive positions differently there)."""
+        return None
+
+    def kept_positions(self, kept: torch.Tensor, attention_mask, info, generate: bool) -> dict:
+        """The stock call's position arguments from the kept tokens' positions [B, L', K] (``stock_positions``
+        gathered; the shrunk ``attention_mask`` or None), after any model state the stock prefill would have set
+        from them (Qwen's ``rope_deltas``, which a later cached turn reads)."""
+        raise NotImplementedError
+
+    def prefix_state(self) -> dict:
+        """Model state a cache filled by a pruned prefill needs at its next turn (stored with the cache)."""
+        return {}
+
+    def restore_prefix_state(self, state: dict) -> None:
+        """Set ``prefix_state``'s values again before a turn continues that cache (another call may have
+        changed them since)."""
 
     def features_of(self, cap, kwargs: dict) -> torch.Tensor:
         """What the stock ``get_image_features`` feeds the projector, from the capture: the feature layers' states

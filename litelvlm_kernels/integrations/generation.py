@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - integrations.hf already requires trans
 
 CACHE_KEYS = ("past_key_values", "cache")  # transformers 5.2x renames past_key_values -> cache in generate()
 # per-token arguments besides the mask that a later turn continues (its prefix part taken from the shrunk prefill)
-CONTINUED_FIELDS = ("token_type_ids",)
+CONTINUED_FIELDS = ("token_type_ids", "mm_token_type_ids")
 _RECORD_ATTR = "_litelvlm_prefix"
 
 
@@ -170,6 +170,8 @@ class PrefixRecord:
     pixels: dict
     # the other per-token arguments of the prefill (CONTINUED_FIELDS: token_type_ids): name -> (caller's, shrunk)
     fields: dict = dataclasses.field(default_factory=dict)
+    # model state the next turn needs (``FamilyAdapter.prefix_state``: Qwen's rope_deltas of the pruned prefill)
+    state: dict = dataclasses.field(default_factory=dict)
 
 
 def cache_of(kwargs: dict):

@@ -17,9 +17,11 @@ from ..selection.text import check_expression
 # kept, see ``prompt.shrink``) -> the value a padding position gets. token_type_ids: PaliGemma's prefix (0, attended
 # bidirectionally) / suffix (1) marks; the kept placeholders keep their type, so the prefix-LM mask stays the stock one
 # minus the dropped tokens. shift_labels: transformers 5's pre-shifted labels, aligned with input_ids like labels.
-PER_TOKEN = {"attention_mask": 0, "position_ids": 1, "labels": -100, "shift_labels": -100, "token_type_ids": 0}
+# mm_token_type_ids: transformers 5.2x's modality per token (0 text, 1 image, 2 video; Qwen's M-RoPE reads them).
+PER_TOKEN = {"attention_mask": 0, "position_ids": 1, "labels": -100, "shift_labels": -100, "token_type_ids": 0,
+             "mm_token_type_ids": 0}
 # those checked against input_ids' shape here (position_ids may be [1, L] or 3-D in other models: not checked)
-_SAME_SHAPE = ("attention_mask", "labels", "shift_labels", "token_type_ids")
+_SAME_SHAPE = ("attention_mask", "labels", "shift_labels", "token_type_ids", "mm_token_type_ids")
 
 
 def check_inputs(adapter, kwargs: dict) -> None:
@@ -65,7 +67,9 @@ def check_inputs(adapter, kwargs: dict) -> None:
     vision_config = adapter.model.config.vision_config
     for mod in adapter.modalities():
         px = kwargs.get(mod.pixel_key)
-        if px is not None:
+        if px is not None and mod.check is not None:
+            mod.check(kwargs)
+        elif px is not None:
             check_pixels(px, vision_config, mod.pixel_key, mod.pixel_dims)
 
 

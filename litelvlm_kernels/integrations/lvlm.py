@@ -41,7 +41,6 @@ import types
 import torch
 
 from .._copy import deepcopy_fields
-from ..selection.towers import model_part
 from .adapter import FamilyAdapter, LiteLVLMSettings, adapter_for, register_adapter
 from .generation import (
     CONTINUED_FIELDS,
@@ -135,7 +134,25 @@ class LiteLVLMPatch:
             shrunk_mask=(torch.ones_like(new["input_ids"]) if shrunk_mask is None else shrunk_mask).detach(),
             expressions=expressions_key(expressions),
             pixels={m.pixel_key: kwargs[m.pixel_key] for m in self._modalities_present(kwargs)},
-            fields={k: (kwargs[k].detach(), new[k].detach()) for k in CONTINUED_FIELDS if kwargs.get(k) is not None})
+            fields={k: (kwargs[k].detach(), new[k].detach()) for k in CONTINUED_FIELDS if kwargs.get(k) is not None},
+            state=self.adapter.prefix_state())
+
+    def _refuse_encoded(self, kwargs: dict) -> None:
+        """A caller's own ``mm_encoder_outputs`` (transformers 5.2x: features encoded beforehand) hold no pixels to
+        score; only the patch's own generate() hands the stock forward pruned ones (``_local.in_generate``)."""
+        if kwargs.get("mm_encoder_outputs") and not getattr(self._local, "in_generate", False):
+            raise ValueError("mm_encoder_outputs: features encoded beforehand cannot be pruned (the selection scores "
+                             "the pixels); pass pixel_values instead, or disable LiteLVLM for this call")
+
+    @contextlib.contextmanager
+    def _in_generate(self):
+        """The stock generate() runs: its forwards may carry the pruned ``mm_encoder_outputs`` it was given."""
+        before = getattr(self._local, "in_generate", False)
+        self._local.in_generate = True
+        try:
+            yield
+        finally:
+            self._local.in_generate = before
 
     @contextlib.contextmanager
     def _expressions_for_steps(self, expressions):
@@ -159,6 +176,7 @@ class LiteLVLMPatch:
         if expressions is None:
             expressions = getattr(self._local, "expressions", None)
         kwargs = _bind(self._forward_sig, args, kwargs)
+        self._refuse_encoded(kwargs)
         if not self._modalities_present(kwargs):
             return self._orig_forward(**kwargs)
         cache_key, cache = cache_of(kwargs)
@@ -185,6 +203,7 @@ class LiteLVLMPatch:
             if kw.get("input_ids") is not None:
                 raise ValueError("inputs: given together with input_ids; pass the prompt once")
             kw["input_ids"] = inputs
+        self._refuse_encoded(kw)
         cache_key, cache = cache_of(kw)
         cached = cached_length(cache) > 0
         record = record_of(cache) if cached else None
@@ -215,10 +234,11 @@ class LiteLVLMPatch:
                 record, caller_ids, kw.get("attention_mask"), [m.token_id for m in self.adapter.modalities()],
                 pixels, expressions, cache_key)
             new.update(continue_fields(record, kw))  # token_type_ids: the shrunk prefill's, then the new tokens'
+            self.adapter.restore_prefix_state(record.state)  # Qwen: the pruned prefill's rope_deltas
             shrunk_len = new["input_ids"].shape[1]
         else:
-            new, new_ids, self.last_report, _ = prepare_inputs(self.adapter, kw, expressions)
-            shrunk_len = new["inputs_embeds"].shape[1]
+            new, new_ids, self.last_report, _ = prepare_inputs(self.adapter, kw, expressions, generate=True)
+            shrunk_len = (new["inputs_embeds"] if new.get("inputs_embeds") is not None else new["input_ids"]).shape[1]
             if new_ids is not None:
                 new["input_ids"] = new_ids  # generate takes both: embeddings for the prefill, ids for the output
                 record = self._record(kw, new, expressions)
@@ -229,7 +249,8 @@ class LiteLVLMPatch:
                          shrunk_len if caller_ids is not None else 0)
         new.update(length_overrides(self.model, new, caller_len - shrunk_len))
         new.update(caller_view_kwargs(new, view))
-        out = self._orig_generate(**new)
+        with self._in_generate():
+            out = self._orig_generate(**new)
         if record is not None:
             tag(output_cache(out) if not isinstance(out, torch.Tensor) else None, record)
         return _reexpand(out, view)
@@ -311,6 +332,7 @@ def _reexpand(out, view: CallerIds):
 
 def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection=None,
                     pruner: LiteLVLMPruner | None = None, vision_head=None, head_contribution: str = "exact",
+                    image_mean=None, image_std=None, scorer_image_mean=None, scorer_image_std=None,
                     **settings) -> LiteLVLMPatch:
     """Make ``model.forward`` / ``model.generate`` feed the LLM only the tokens LiteLVLM keeps.
 
@@ -318,21 +340,33 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     ----------
     model : transformers model
         ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
-        ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration`` or
-        ``PaliGemmaForConditionalGeneration`` (matched by ``config.model_type``).
+        ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``,
+        ``PaliGemmaForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration`` or
+        ``Qwen3VLForConditionalGeneration`` (matched by ``config.model_type``; base models too).
     text_model, tokenizer, visual_projection
         The CLIP text tower (CLIPModel or CLIPTextModelWithProjection), its tokenizer and the
         CLIP ``visual_projection`` of the checkpoint whose vision tower the LVLM uses (LLaVA
         checkpoints hold neither). For a SigLIP tower: the original SigLIP checkpoint as a
         SiglipModel (its text tower, pooling head, post-layernorm and any layers the LVLM's tower
-        dropped are used) and its tokenizer. Or pass a ready ``pruner=LiteLVLMPruner(...)``.
+        dropped are used) and its tokenizer. For Qwen2.5-VL / Qwen3-VL (no CLIP or SigLIP tower):
+        the *paired scorer*, a CLIPModel or SiglipModel of your choice, and its tokenizer
+        (docs/design.md section 12). Or pass a ready ``pruner=LiteLVLMPruner(...)`` (LLaVA-class
+        families only).
     vision_head, head_contribution
         SigLIP only, as ``LiteLVLMPruner``.
+    image_mean, image_std
+        Paired scorer only: the LVLM processor's normalisation (``processor.image_processor.image_mean``
+        / ``image_std``), undone before the scorer's own; both or neither (then the checkpoints'
+        defaults for the model type, docs/integrations.md).
+    scorer_image_mean, scorer_image_std
+        Paired scorer only: the scorer checkpoint's normalisation (default: OpenAI CLIP's for CLIP, 0.5
+        for SigLIP).
     **settings
         ``LiteLVLMSettings`` fields: ``num_retain`` (192), ``multi_text``, ``k_per_text``,
         ``order``, ``missing_expressions`` ("error" or "cls"), ``budget`` ("per_tile" or
         "global", LLaVA-NeXT), ``image_newline``, ``video_budget`` ("per_frame" or "per_clip"),
-        ``similarity_keep`` ("lowest", the paper's rule, or "highest").
+        ``similarity_keep`` ("lowest", the paper's rule, or "highest"); paired scorer only:
+        ``retain_ratio`` (instead of ``num_retain``), ``scorer_min_patches``, ``scorer_max_patches``.
 
     Returns
     -------
@@ -348,15 +382,19 @@ def enable_litelvlm(model, text_model=None, tokenizer=None, *, visual_projection
     if getattr(model, "_litelvlm_patch", None) is not None:
         raise ValueError("model: LiteLVLM is already enabled on this model; disable it first")
     cls = adapter_for(model)
+    if settings.get("retain_ratio") is not None and settings.get("num_retain") is not None:
+        raise ValueError("num_retain / retain_ratio: pass one of them (retain_ratio keeps a share of each image's "
+                         "tokens, num_retain a count)")
     s = LiteLVLMSettings(**settings).check()
+    options = dict(visual_projection=visual_projection, vision_head=vision_head, image_mean=image_mean,
+                   image_std=image_std, scorer_image_mean=scorer_image_mean, scorer_image_std=scorer_image_std,
+                   head_contribution=head_contribution)
     if pruner is None:
-        # a CLIPModel as text_model carries the visual projection LLaVA's tower lacks
-        pruner = LiteLVLMPruner(model_part(model, "vision_tower"), text_model, tokenizer,
-                                visual_projection=visual_projection, select_layer=cls.select_layer_of(model),
-                                vision_head=vision_head, head_contribution=head_contribution,
-                                projection_from_text_model=True)
-    elif vision_head is not None or head_contribution != "exact":
-        raise ValueError("vision_head / head_contribution: set them on the pruner you pass (pruner=)")
+        pruner = cls.build_pruner(model, text_model, tokenizer, options)
+    else:
+        given = [k for k, v in options.items() if v is not None and (k != "head_contribution" or v != "exact")]
+        if given:
+            raise ValueError(f"{' / '.join(given)}: set them on the pruner you pass (pruner=)")
     return LiteLVLMPatch(model, cls(model, pruner, s))
 
 

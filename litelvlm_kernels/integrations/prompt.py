@@ -96,17 +96,22 @@ def _pad_id(config) -> int:
 # as a skipped frame, instead of breaking the graph at every data-dependent branch (each break printed a warning);
 # the stock forward it feeds is compiled as usual.
 @torch.compiler.disable
-def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
+def prepare_inputs(adapter, kwargs: dict, expressions, generate: bool = False) -> tuple:
     """Stock inputs -> (kwargs for the stock forward / generate with ``inputs_embeds``, the shrunk placeholder ids,
     the report, the vision outputs {output field: value} to attach to the stock output).
 
     ``check_inputs`` ran first. The shrunk ids are ``input_ids`` shrunk (None when the caller passed only
-    ``inputs_embeds``: then the placeholder positions were read off the embeddings).
+    ``inputs_embeds``: then the placeholder positions were read off the embeddings). Modalities with an
+    ``encoder_output`` hand their kept features over as ``mm_encoder_outputs`` (the stock forward merges them):
+    if no modality merges here, the shrunk ``input_ids`` go to the stock call as ids. An adapter whose
+    ``stock_positions`` gives positions has them gathered with the kept tokens (``generate``: for generate()'s
+    prefill) and turned into the call's position arguments by its ``kept_positions``.
     """
     ids = placeholder_ids(adapter, kwargs)
     s = adapter.settings
     dropped = torch.zeros_like(ids, dtype=torch.bool)
-    merges, report, outputs = [], {}, {}
+    positions = adapter.stock_positions(kwargs, generate)  # None, or (the full prompt's [B, L, K], info)
+    merges, encoded, report, outputs = [], {}, {}, {}
     for mod in adapter.modalities():
         if kwargs.get(mod.pixel_key) is None:
             continue
@@ -114,19 +119,34 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
         what = "video" if "video" in mod.pixel_key else "image"
         mask, rows = items_per_row(ids, mod.token_id, counts, what)
         cond = adapter.text_condition(expressions_per_item(expressions, rows, ids.shape[0], s.missing_expressions))
-        feats, views, cap = mod.features(kwargs, cond)
+        feats, views, cap = (mod.features(kwargs, cond, generate=generate) if mod.features_take_generate
+                             else mod.features(kwargs, cond))
         flat = mask.flatten().nonzero().flatten()
         start, kept_counts = 0, []
         if len(feats) != len(counts) or any(f.shape[0] > n for n, f in zip(counts, feats)):
             raise RuntimeError(f"{type(adapter).__name__}: built {[f.shape[0] for f in feats]} {what} features for "
                                f"runs of {counts} placeholders (an adapter bug: it may only shrink them)")
-        for n, f in zip(counts, feats):
-            dropped.view(-1)[flat[start + f.shape[0]:start + n]] = True  # the tail of each item's run
+        columns = None if mod.run_columns is None else mod.run_columns(cap)
+        for i, (n, f) in enumerate(zip(counts, feats)):
+            run = flat[start:start + n]
+            if columns is None:
+                dropped.view(-1)[run[f.shape[0]:]] = True  # the tail of each item's run
+            else:  # the columns of the kept tokens stay (their stock positions are gathered with them)
+                gone = torch.ones(n, dtype=torch.bool, device=run.device)
+                gone[columns[i].to(run.device)] = False
+                if int(n - gone.sum()) != f.shape[0]:
+                    raise RuntimeError(f"{type(adapter).__name__}: {f.shape[0]} features for {n - int(gone.sum())} "
+                                       f"kept columns of {what} {i} (an adapter bug)")
+                dropped.view(-1)[run[gone]] = True
             start += n
             kept_counts.append(f.shape[0])
-        merges.append((mod.token_id, torch.cat(feats, 0)))
         report[what] = {"stock": counts, "kept": kept_counts, "views": views}
-        outputs[what] = (vision_output(adapter, mod, feats, cap, kwargs), legacy(mod, feats))
+        if mod.encoder_output is not None:  # the stock forward merges them (and returns this object)
+            encoded[what] = mod.encoder_output(feats, cap)
+            outputs[what] = (encoded[what], legacy(mod, feats))
+        else:
+            merges.append((mod.token_id, torch.cat(feats, 0)))
+            outputs[what] = (vision_output(adapter, mod, feats, cap, kwargs), legacy(mod, feats))
     caller_mask = kwargs.get("attention_mask")
     side = padding_side(caller_mask)
     counts = dropped.sum(1)
@@ -140,22 +160,32 @@ def prepare_inputs(adapter, kwargs: dict, expressions) -> tuple:
     pads = {"input_ids": pad_id, "ids": pad_id, **PER_TOKEN}
     if tensors["inputs_embeds"] is not None:  # extra padding positions hold what the pad token embeds to
         pads["inputs_embeds"] = table(torch.full((), pad_id, device=ids.device)).to(tensors["inputs_embeds"].dtype)
+    if positions is not None:  # gathered with the kept tokens, never renumbered; they replace the caller's
+        tensors.update(position_ids=None, stock_positions=positions[0])
+        pads["stock_positions"] = 0
     new = shrink(dropped, tensors, pads, side)
     if new["labels"] is not None and side == "left":
         _unaim_first_tokens(new["labels"], mask, counts)
-    embeds = new["inputs_embeds"] if new["inputs_embeds"] is not None else table(new["input_ids"])
-    for token_id, feats in merges:
-        where = (new["ids"] == token_id).unsqueeze(-1).expand_as(embeds)
-        embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
     out = {k: v for k, v in kwargs.items() if k not in pixel_keys(adapter)}
-    out.update(inputs_embeds=embeds, input_ids=None,
-               attention_mask=new["attention_mask"] if needs_mask else None)
+    out["attention_mask"] = new["attention_mask"] if needs_mask else None
+    if merges or new["inputs_embeds"] is not None:
+        embeds = new["inputs_embeds"] if new["inputs_embeds"] is not None else table(new["input_ids"])
+        for token_id, feats in merges:
+            where = (new["ids"] == token_id).unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(where, feats.to(embeds.device, embeds.dtype))
+        out.update(inputs_embeds=embeds, input_ids=None)
+    else:  # every modality hands its features over as mm_encoder_outputs: the stock forward embeds the ids
+        out.update(input_ids=new["input_ids"], inputs_embeds=None)
+    if encoded:
+        out["mm_encoder_outputs"] = encoded
     for k in PER_TOKEN:
         if k != "attention_mask" and new[k] is not None:
             out[k] = new[k]
+    if positions is not None:
+        out.update(adapter.kept_positions(new["stock_positions"], new["attention_mask"], positions[1], generate))
     if kwargs.get("cache_position") is not None:  # transformers 4.x: a prefill from position 0 (no cache filled)
-        out["cache_position"] = torch.arange(embeds.shape[1], device=embeds.device)
-    visual = [token_id for token_id, _ in merges]
+        out["cache_position"] = torch.arange(new["ids"].shape[1], device=ids.device)
+    visual = [mod.token_id for mod in adapter.modalities() if kwargs.get(mod.pixel_key) is not None]
     kept_mask = new["attention_mask"]
     report["rows"] = {  # per prompt: what the LLM attends to, before and after
         "visual_stock": sum((ids == t).sum(1) for t in visual).tolist(),

@@ -74,7 +74,8 @@ def settings_from_config(hf_config) -> ServingSettings:
     raw = getattr(hf_config, CONFIG_KEY, None)
     if raw is None:
         raise ValueError(f"{CONFIG_KEY}: the model config has no {CONFIG_KEY!r} settings; pass them with "
-                         f"--hf-overrides '{{\"{CONFIG_KEY}\": {{\"scorer\": \"/path/to/clip\", \"num_retain\": 192}}}}' "
+                         f"--hf-overrides '{{\"{CONFIG_KEY}\": {{\"scorer\": \"/path/to/clip\", "
+                         f"\"num_retain\": 192}}}}' "
                          "(or add them to config.json)")
     if not isinstance(raw, Mapping):
         raise TypeError(f"{CONFIG_KEY}: expected a dict of settings, got {type(raw).__name__}")
