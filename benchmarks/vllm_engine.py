@@ -256,8 +256,9 @@ def _first_image(x):
 def install_timers(model) -> None:
     """Wall-clock timers around the image path's pieces (instance attributes, and the selector module's
     ``prune`` while this engine lives; "last_layer_qkv" times the scorer's ``contribution_inputs``; CPU ops
-    are synchronous, so the wall clock is the compute). Appends (images, seconds) per call to ``model._bench_timers[part]`` and keeps
-    the first image of the last tower / selection / projector call for ``time_one_image``."""
+    are synchronous, so the wall clock is the compute). Appends (images, seconds) per call to
+    ``model._bench_timers[part]`` and keeps the first image of the last tower / selection / projector call for
+    ``time_one_image``."""
     import litelvlm_kernels.serving.vllm.selector as sel
 
     model._bench_timers = {k: [] for k in PARTS}
