@@ -26,7 +26,7 @@ from litelvlm_kernels.integrations.hf import LiteLVLMPruner  # noqa: E402
 from litelvlm_kernels.integrations.lvlm import enable_litelvlm  # noqa: E402
 
 M = tl.M
-EXPRS = [["the cat"], ["a red car", "the man on the left"]]
+EXPRS = lm.EXPRS  # row 0: one image, row 1: two images
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,6 @@ def pruner():
 @pytest.fixture(scope="module")
 def model():
     return lm.lvlm("llava")
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return lm.llava_batch()
 
 
 def word_tokenizer(n_words: int, eos: str = "</s>"):

@@ -22,17 +22,12 @@ from litelvlm_kernels import reference  # noqa: E402
 from litelvlm_kernels.integrations.lvlm import disable_litelvlm  # noqa: E402
 
 M = tl.M
-EXPRS = [["the cat"], ["a red car", "the man on the left"]]  # row 0: one image, row 1: two images
+EXPRS = lm.EXPRS  # row 0: one image, row 1: two images
 
 
 @pytest.fixture(scope="module")
 def model():
     return lm.lvlm("llava")
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return lm.llava_batch()
 
 
 enable, greedy = lm.enable, lm.greedy

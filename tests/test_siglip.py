@@ -25,18 +25,13 @@ from litelvlm_kernels.selection.towers import find_tower  # noqa: E402
 from litelvlm_kernels.testing import assert_selection_close  # noqa: E402
 
 M = tl.M
-EXPRS = [["the cat"], ["a red car", "the man on the left"]]  # row 0: one image, row 1: two images
+EXPRS = lm.EXPRS  # row 0: one image, row 1: two images
 PER_IMAGE = [EXPRS[0], EXPRS[1], EXPRS[1]]
 
 
 @pytest.fixture(scope="module")
 def model():
     return lm.lvlm("llava_siglip")
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return lm.llava_batch()
 
 
 @pytest.fixture(scope="module")

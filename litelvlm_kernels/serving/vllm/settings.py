@@ -37,34 +37,32 @@ CONFIG_KEY = "litelvlm"
 EXPRESSION_KEY = "expression"
 NUM_RETAIN_KEY = "num_retain"
 REQUEST_KEYS = (EXPRESSION_KEY, NUM_RETAIN_KEY)
-_SELECTION_KEYS = ("num_retain", "multi_text", "k_per_text", "order", "missing_expressions", "budget",
-                   "image_newline", "video_budget", "similarity_keep")
-_SETTING_KEYS = ("scorer", "clip", "head_contribution") + _SELECTION_KEYS
+_ENGINE_KEYS = ("scorer", "clip", "head_contribution")  # the rest: LiteLVLMSettings' fields, checked by its rules
+
+
+def _selection_keys() -> tuple:
+    from ...selection.settings import LiteLVLMSettings
+
+    return tuple(f.name for f in dataclasses.fields(LiteLVLMSettings))
 
 
 @dataclasses.dataclass(frozen=True)
 class ServingSettings:
+    """The engine's settings: the scorer checkpoint, the head contribution mode, and the shared selection settings
+    (``selection``, a checked ``LiteLVLMSettings``), whose fields read as attributes (``settings.num_retain``)."""
+
     scorer: str
-    num_retain: int = 192
-    multi_text: Any = "union"
-    k_per_text: int | None = None
-    order: str = "official"
-    missing_expressions: str = "error"
-    budget: str = "per_tile"
-    image_newline: str = "all"
-    video_budget: str = "per_frame"
-    similarity_keep: str = "lowest"
+    selection: Any
     head_contribution: str = "exact"
+
+    def __getattr__(self, name: str):  # only for names not found: the selection settings' fields
+        if name.startswith("__") or name == "selection":  # (copy / pickle probe an empty instance)
+            raise AttributeError(name)
+        return getattr(self.selection, name)
 
     @property
     def clip(self) -> str:  # the settings' old name
         return self.scorer
-
-    def selection(self):
-        """The same choices as ``LiteLVLMSettings`` (what the shared selection reads)."""
-        from ...selection.settings import LiteLVLMSettings
-
-        return LiteLVLMSettings(**{k: getattr(self, k) for k in _SELECTION_KEYS})
 
 
 def settings_from_config(hf_config) -> ServingSettings:
@@ -79,9 +77,10 @@ def settings_from_config(hf_config) -> ServingSettings:
                          "(or add them to config.json)")
     if not isinstance(raw, Mapping):
         raise TypeError(f"{CONFIG_KEY}: expected a dict of settings, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_SETTING_KEYS))
+    known = _ENGINE_KEYS + _selection_keys()
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"{CONFIG_KEY}: unknown settings {unknown}; known: {list(_SETTING_KEYS)}")
+        raise ValueError(f"{CONFIG_KEY}: unknown settings {unknown}; known: {list(known)}")
     if "clip" in raw and "scorer" in raw:
         raise ValueError(f"{CONFIG_KEY}: give the checkpoint once, as scorer (clip is its old name)")
     scorer = raw.get("scorer", raw.get("clip"))
@@ -89,10 +88,10 @@ def settings_from_config(hf_config) -> ServingSettings:
         raise ValueError(f"{CONFIG_KEY}.scorer: the checkpoint (a folder or hub id) the LVLM's vision tower comes "
                          f"from, whose text tower, projections and tokenizer LiteLVLM scores with, is required, got "
                          f"{scorer!r}")
-    kw = {k: raw[k] for k in _SELECTION_KEYS if k in raw}
+    kw = {k: raw[k] for k in _selection_keys() if k in raw}
     kw.setdefault("image_newline", "all")
     try:
-        LiteLVLMSettings(**kw).check()  # the transformers front end's rules, one place
+        selection = LiteLVLMSettings(**kw).check()  # the transformers front end's rules, one place
     except (TypeError, ValueError) as e:
         raise type(e)(f"{CONFIG_KEY}.{e}") from None
     if kw["image_newline"] == "kept_rows":
@@ -102,7 +101,7 @@ def settings_from_config(hf_config) -> ServingSettings:
     head = raw.get("head_contribution", "exact")
     if head not in ("exact", "heads"):
         raise ValueError(f"{CONFIG_KEY}.head_contribution must be 'exact' or 'heads', got {head!r}")
-    return ServingSettings(scorer=scorer, head_contribution=head, **kw)
+    return ServingSettings(scorer=scorer, selection=selection, head_contribution=head)
 
 
 def kept_per_image(settings: ServingSettings, num_patches: int, num_retain: int | None = None) -> int:
