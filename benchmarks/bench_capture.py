@@ -41,7 +41,7 @@ import argparse
 
 import torch
 
-from .common import add_output_args, make_row, markdown_table, measure, output_dir, write_report
+from .common import make_row, markdown_table, measure, parse_run_args, write_report
 
 TOWERS = {
     "tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
@@ -134,12 +134,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median of the rounds' quantiles)")
-    p.add_argument("--no-write", action="store_true")
-    add_output_args(p)
-    args = p.parse_args(argv)
-    out = output_dir(p, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, out = parse_run_args(p, argv)
     rows = []
     for name in args.towers:
         cfg = TOWERS[name]

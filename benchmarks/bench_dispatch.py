@@ -29,7 +29,7 @@ import litelvlm_kernels as lk
 from litelvlm_kernels.ops import _torch_select as TS
 from litelvlm_kernels.synthetic import clip_inputs
 
-from .common import add_output_args, make_row, markdown_table, measure, output_dir, write_rows
+from .common import make_row, markdown_table, measure, parse_run_args, write_rows
 
 SHAPE = {"B": 1, "T": 2, "M": 16, "Dv": 16, "D": 16, "P": 16, "R": 8}
 
@@ -69,11 +69,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (1: a busy second core makes parallel ops wait, hiding the host cost)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median of the rounds' quantiles)")
-    p.add_argument("--no-write", action="store_true")
-    add_output_args(p)
-    args = p.parse_args(argv)
-    out = output_dir(p, args)
-    torch.set_num_threads(args.threads)
+    args, out = parse_run_args(p, argv)
     rows = []
     for op, providers in cases(args.device).items():
         # Interleaved rounds: load from other processes hits every provider alike.

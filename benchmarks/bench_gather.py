@@ -42,7 +42,7 @@ import torch
 
 from litelvlm_kernels.ops.gather_tokens import gather_tokens
 
-from .common import add_output_args, copy_bandwidth_gbs, make_row, markdown_table, measure, output_dir, write_rows
+from .common import copy_bandwidth_gbs, make_row, markdown_table, measure, parse_run_args, write_rows
 
 M = 576  # CLIP ViT-L/14-336 patch tokens (docs/design.md section 6)
 
@@ -164,11 +164,7 @@ def main(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
     p.add_argument("--quick", action="store_true", help="3 shapes, fp16 only")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs (default 2)")
-    p.add_argument("--no-write", action="store_true", help="print only, write no JSON")
-    add_output_args(p)
-    args = p.parse_args(argv)
-    out = output_dir(p, args, "--quick" if args.quick else None)
-    torch.set_num_threads(args.threads)
+    args, out = parse_run_args(p, argv, "--quick")
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.float32]
     for device in devices:

@@ -34,7 +34,7 @@ import torch
 from litelvlm_kernels import head_qkv, map_contribution
 from litelvlm_kernels.ops import cls_contribution
 
-from .common import add_output_args, make_row, markdown_table, measure, output_dir, write_report
+from .common import make_row, markdown_table, measure, parse_run_args, write_report
 
 SIGLIP = {"full": dict(model="siglip-so400m-384", M=729, D=1152, H=16),
           "quick": dict(model="tiny-siglip", M=49, D=64, H=4)}
@@ -74,11 +74,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads; default 1)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median of the rounds' quantiles)")
     p.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    p.add_argument("--no-write", action="store_true")
-    add_output_args(p)
-    args = p.parse_args(argv)
-    out = output_dir(p, args, "--quick" if args.quick else None)
-    torch.set_num_threads(args.threads)
+    args, out = parse_run_args(p, argv, "--quick")
     sig, clip = SIGLIP["quick" if args.quick else "full"], CLIP["quick" if args.quick else "full"]
     head = build_head(sig["D"], sig["H"])
     rows = []

@@ -58,7 +58,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import add_output_args, make_row, measure, output_dir, write_rows  # noqa: E402
+from benchmarks.common import make_row, measure, parse_run_args, write_rows  # noqa: E402
 from litelvlm_kernels.flops import DecoderConfig, prefill_macs  # noqa: E402
 
 #: CPU stand-in: LLaMA-7B's proportions (h_ff / h = 2.6875, head_dim 64..128) at h = 512.
@@ -353,12 +353,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=None,
                    help="build only this many decoder layers and scale the times per layer (memory: built model)")
     p.add_argument("--name", default="prefill", help="results file stem: <name>-<device>.json")
-    p.add_argument("--no-write", action="store_true")
-    add_output_args(p)
-    a = p.parse_args(argv)
-    out = output_dir(p, a)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    a, out = parse_run_args(p, argv)
     rows = run(a.device, a.config, a.visual, a.keep, a.text, a.batch, a.dtype, a.attn, a.texts,
                not a.no_cache, a.rep_ms, a.rounds, a.layers)
     print(summary(rows))

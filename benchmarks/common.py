@@ -43,6 +43,23 @@ def add_output_args(parser, out_help: str = "directory the rows go to") -> None:
                    help="write to benchmarks/results/: the committed rows the docs quote (never with a smoke run)")
 
 
+def parse_run_args(parser, argv=None, smoke_flag: Optional[str] = None) -> tuple:
+    """The end of every benchmark's argument parsing: ``--no-write`` and the output options added, the arguments
+    parsed, the output directory chosen (``output_dir``; ``smoke_flag``: the flag that makes this run a smoke
+    run, e.g. "--quick", if the parser has it), and ``--threads`` applied when the parser has it and it is set.
+
+    Returns ``(args, directory)``.
+    """
+    parser.add_argument("--no-write", action="store_true", help="print only, write no files")
+    add_output_args(parser)
+    args = parser.parse_args(argv)
+    smoke = smoke_flag if smoke_flag and getattr(args, smoke_flag.lstrip("-").replace("-", "_"), False) else None
+    directory = output_dir(parser, args, smoke)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return args, directory
+
+
 def publishes(path: str) -> bool:
     """Whether ``path`` is ``RESULTS_DIR`` or inside it (symlinks and ``..`` resolved)."""
     real, results = os.path.realpath(path), os.path.realpath(RESULTS_DIR)
