@@ -220,3 +220,17 @@ def video_reference(feats, s, c, R: int, video_budget: str):
     share = c / c.sum(1, keepdim=True)
     idx, _, _ = reference.select(s.permute(1, 0, 2).flatten(1)[None], share.flatten()[None], R, order="spatial")
     return feats.flatten(0, 1)[idx[0]], set(idx[0].tolist())
+
+
+def assert_video_keep_all(model, batch, P: int, frames: int, expressions, closing: int = 0, **settings):
+    """Both video budgets at their keep-all budget (per_frame: R = P pooled tokens; per_clip: R = F P) give the stock
+    logits (and, per_frame, the stock greedy ids); the report counts F P (+ ``closing`` newlines) per video."""
+    with torch.no_grad():
+        logits, ids = model(**batch).logits, greedy(model, batch)
+        for vb, R in (("per_frame", P), ("per_clip", frames * P)):
+            with enable(model, num_retain=R, video_budget=vb, **settings) as patch:
+                assert torch.equal(model(**batch, referring_expressions=expressions).logits, logits), vb
+                if vb == "per_frame":
+                    assert torch.equal(greedy(model, batch, referring_expressions=expressions), ids)
+            n = [frames * P + closing] * batch["pixel_values_videos"].shape[0]
+            assert patch.last_report["video"]["stock"] == n == patch.last_report["video"]["kept"]

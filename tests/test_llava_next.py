@@ -188,15 +188,7 @@ VIDEO_EXPRS = ["the dog on the right", ["a red car", "the man"]]
 
 def test_video_keep_all_equals_stock(video_model, video_batch):
     batch, P = video_batch
-    with torch.no_grad():
-        logits, ids = video_model(**batch).logits, greedy(video_model, batch)
-        for vb, R in (("per_frame", P), ("per_clip", FRAMES * P)):
-            with enable(video_model, num_retain=R, video_budget=vb, order="spatial") as patch:
-                assert torch.equal(video_model(**batch, referring_expressions=VIDEO_EXPRS).logits, logits), vb
-                if vb == "per_frame":
-                    assert torch.equal(greedy(video_model, batch, referring_expressions=VIDEO_EXPRS), ids)
-            assert {k: patch.last_report["video"][k] for k in ("stock", "kept")} == {"stock": [FRAMES * P] * 2,
-                                                                                      "kept": [FRAMES * P] * 2}
+    lm.assert_video_keep_all(video_model, batch, P, FRAMES, VIDEO_EXPRS, order="spatial")
 
 
 @pytest.mark.parametrize("video_budget,R", [("per_frame", 4), ("per_clip", 12)])
