@@ -187,6 +187,8 @@ def fastv_with_index_select(fv, llm, embeds, kept_image):
     ("llava_onevision_generate", ["--retain", "8"], "image", None),
     ("llava_onevision_generate", ["--retain", "4", "--budget", "per_frame"], "video", [17, 17]),  # 4 x 4 + newline
     ("paligemma_generate", ["--retain", "16"], "image", [16, 16, 16]),
+    ("qwen_vl_generate", ["--retain", "4"], "image", [4, 4, 4]),
+    ("qwen_vl_generate", ["--retain", "3", "--family", "qwen3_vl"], "image", [3, 3, 3]),
 ])
 def test_lvlm_generate_examples(name, argv, kind, kept, capsys):
     pytest.importorskip("transformers")
@@ -221,6 +223,19 @@ def test_paligemma_shows_the_effect_of_pruning(capsys):
     assert [len(k) for k in r["kept"]] == [len(k) for k in r["other_kept"]] == [16] * 3
     assert "pruning changes the generated ids: True" in out and "other expressions keep other tokens: True" in out
     assert r["keep_all_equals_stock"]
+
+
+def test_qwen_vl_generate_shows_the_paired_scorer(capsys):
+    """The paired CLIP's grid per image, the selection reaching the ids, other expressions keeping other tokens,
+    retain_ratio's counts (ceil(0.5 N)), and the scorer's share of the tower's MACs at full size."""
+    pytest.importorskip("transformers")
+    r = load("qwen_vl_generate").main(["--retain", "4", "--repeat", "1", "--new-tokens", "6"])
+    out = capsys.readouterr().out
+    assert "image 0: 3 x 4 tokens of 28 px; the scorer sees 7 x 9 patches" in out  # scaled up to ~64 patches
+    assert r["pruning_changes_ids"] and r["kept"] != r["other_kept"]
+    assert r["ratio_kept"] == [-(-n // 2) for n in r["report"]["image"]["stock"]]
+    assert r["keep_all_equals_stock"] and 0.01 < r["cost"]["share"] < 0.05
+    assert "other expressions keep other tokens: True" in out and "of the tower's MACs" in out
 
 
 def test_llava_processor_generate(capsys):

@@ -137,33 +137,17 @@ class LiteLVLMPatch:
             fields={k: (kwargs[k].detach(), new[k].detach()) for k in CONTINUED_FIELDS if kwargs.get(k) is not None},
             state=self.adapter.prefix_state())
 
-    def _refuse_encoded(self, kwargs: dict) -> None:
-        """A caller's own ``mm_encoder_outputs`` (transformers 5.2x: features encoded beforehand) hold no pixels to
-        score; only the patch's own generate() hands the stock forward pruned ones (``_local.in_generate``)."""
-        if kwargs.get("mm_encoder_outputs") and not getattr(self._local, "in_generate", False):
-            raise ValueError("mm_encoder_outputs: features encoded beforehand cannot be pruned (the selection scores "
-                             "the pixels); pass pixel_values instead, or disable LiteLVLM for this call")
-
     @contextlib.contextmanager
-    def _in_generate(self):
-        """The stock generate() runs: its forwards may carry the pruned ``mm_encoder_outputs`` it was given."""
-        before = getattr(self._local, "in_generate", False)
-        self._local.in_generate = True
+    def _thread_state(self, name: str, value):
+        """This thread's ``name`` set to ``value`` for the duration of a stock generate() call: ``expressions``
+        (use_cache=False: the stock loop calls the patched forward once per step, without them) or
+        ``in_generate`` (its forwards may carry the pruned ``mm_encoder_outputs`` it was given)."""
+        before = getattr(self._local, name, None)
+        setattr(self._local, name, value)
         try:
             yield
         finally:
-            self._local.in_generate = before
-
-    @contextlib.contextmanager
-    def _expressions_for_steps(self, expressions):
-        """generate(use_cache=False): the stock loop calls the patched forward once per step, without the
-        expressions; they reach it through this thread's state for the duration of the call."""
-        before = getattr(self._local, "expressions", None)
-        self._local.expressions = expressions
-        try:
-            yield
-        finally:
-            self._local.expressions = before
+            setattr(self._local, name, before)
 
     def _wants_tuple(self, kwargs: dict) -> bool:
         rd = kwargs.get("return_dict")
@@ -176,7 +160,7 @@ class LiteLVLMPatch:
         if expressions is None:
             expressions = getattr(self._local, "expressions", None)
         kwargs = _bind(self._forward_sig, args, kwargs)
-        self._refuse_encoded(kwargs)
+        _refuse_encoded(kwargs, getattr(self._local, "in_generate", None))
         if not self._modalities_present(kwargs):
             return self._orig_forward(**kwargs)
         cache_key, cache = cache_of(kwargs)
@@ -203,7 +187,7 @@ class LiteLVLMPatch:
             if kw.get("input_ids") is not None:
                 raise ValueError("inputs: given together with input_ids; pass the prompt once")
             kw["input_ids"] = inputs
-        self._refuse_encoded(kw)
+        _refuse_encoded(kw, getattr(self._local, "in_generate", None))
         cache_key, cache = cache_of(kw)
         cached = cached_length(cache) > 0
         record = record_of(cache) if cached else None
@@ -221,7 +205,7 @@ class LiteLVLMPatch:
         self.settings.check()
         if resolved("use_cache", kw, self.model) is False and record is None:
             # no cache: every step recomputes the whole sequence through the (patched, pruning) forward, as stock
-            with self._expressions_for_steps(expressions):
+            with self._thread_state("expressions", expressions):
                 return self._orig_generate(**kw)
         caller_ids = kw.get("input_ids")
         if record is not None:
@@ -249,7 +233,7 @@ class LiteLVLMPatch:
                          shrunk_len if caller_ids is not None else 0)
         new.update(length_overrides(self.model, new, caller_len - shrunk_len))
         new.update(caller_view_kwargs(new, view))
-        with self._in_generate():
+        with self._thread_state("in_generate", True):
             out = self._orig_generate(**new)
         if record is not None:
             tag(output_cache(out) if not isinstance(out, torch.Tensor) else None, record)
@@ -268,6 +252,14 @@ class LiteLVLMPatch:
 
     def __exit__(self, *exc):
         self.disable()
+
+
+def _refuse_encoded(kwargs: dict, inside_generate) -> None:
+    """A caller's own ``mm_encoder_outputs`` (transformers 5.2x: features encoded beforehand) hold no pixels to
+    score; only the patch's own generate() hands the stock forward pruned ones (``inside_generate``)."""
+    if kwargs.get("mm_encoder_outputs") and not inside_generate:
+        raise ValueError("mm_encoder_outputs: features encoded beforehand cannot be pruned (the selection scores "
+                         "the pixels); pass pixel_values instead, or disable LiteLVLM for this call")
 
 
 def _bind(sig: inspect.Signature, args: tuple, kwargs: dict) -> dict:
