@@ -33,21 +33,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_lvlm as tl  # noqa: E402
-import torch  # noqa: E402
+import example_run as er
 
 
 def main(argv=None) -> dict:
-    args, tok, clip, model = tl.example_setup(
-        "llava", __doc__, argv, 16,
-        f"visual tokens kept per image (of {tl.M})")
-    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, tl.M)] * 3)  # what LlavaProcessor emits
-    px = torch.randn(3, 3, tl.IMAGE, tl.IMAGE, generator=torch.Generator().manual_seed(0))
-    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=px)
-    print(f"LLaVA-1.5 (tiny): {tl.M} -> {args.retain} tokens per image, 2 prompts, 3 images")
-    return tl.demo(model, clip, tok, inputs, [["the man on the left"], ["a red car", "the cup"]],
-                   num_retain=args.retain, new_tokens=args.new_tokens, repeat=args.repeat,
-                   full_size=("vicuna-7b", 576))
+    return er.llava_like_main("llava", __doc__, argv, "LLaVA-1.5", full_size=("vicuna-7b", 576))
 
 
 if __name__ == "__main__":

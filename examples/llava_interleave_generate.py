@@ -39,20 +39,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_lvlm as tl  # noqa: E402
-import torch  # noqa: E402
+import example_run as er
 
 
 def main(argv=None) -> dict:
-    args, tok, siglip, model = tl.example_setup(
-        "llava_siglip", __doc__, argv, 16, f"visual tokens kept per image (of {tl.M})")
-    ids, mask = tl.prompt_ids([1, 2], [(tl.IMAGE_TOKEN, tl.M)] * 3)  # "full" on SigLIP: M placeholders per image
-    px = torch.randn(3, 3, tl.IMAGE, tl.IMAGE, generator=torch.Generator().manual_seed(0))
-    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=px)
-    print(f"LLaVA with a SigLIP tower (tiny): {tl.M} -> {args.retain} tokens per image, 2 prompts, 3 images")
-    return tl.demo(model, siglip, tok, inputs, [["the man on the left"], ["a red car", "the cup"]],
-                   num_retain=args.retain, new_tokens=args.new_tokens, repeat=args.repeat,
-                   full_size=("qwen2-7b", 729))
+    return er.llava_like_main("llava_siglip", __doc__, argv, "LLaVA with a SigLIP tower", full_size=("qwen2-7b", 729))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_run as er
 import tiny_lvlm as tl  # noqa: E402
 import torch  # noqa: E402
 
@@ -32,7 +33,7 @@ SIZES = torch.tensor([[50, 120], [100, 90], [128, 40]])  # (H, W) of the origina
 
 
 def main(argv=None) -> dict:
-    args, tok, clip, model = tl.example_setup(
+    args, tok, clip, model = er.example_setup(
         "llava_next", __doc__, argv, 16,
         "tokens kept per view (per_tile) or image (global)", budget=("--budget", ["per_tile", "global"]))
     # the stock placeholder count of each image, as LlavaNextProcessor computes it
@@ -46,7 +47,7 @@ def main(argv=None) -> dict:
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=SIZES)
     print(f"LLaVA-NeXT (tiny): image sizes {SIZES.tolist()}, views {[g['views'] for g in geos]}, "
           f"budget {args.budget} R={args.retain}")
-    return tl.demo(model, clip, tok, inputs, [["the cup on the left"], ["a red car", "the man"]],
+    return er.demo(model, clip, tok, inputs, [["the cup on the left"], ["a red car", "the man"]],
                    num_retain=args.retain, budget=args.budget, new_tokens=args.new_tokens, repeat=args.repeat,
                    full_size=("vicuna-7b", 2928))
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_run as er
 import tiny_lvlm as tl  # noqa: E402
 import torch  # noqa: E402
 
@@ -26,7 +27,7 @@ FRAMES = 4
 
 
 def main(argv=None) -> dict:
-    args, tok, clip, model = tl.example_setup(
+    args, tok, clip, model = er.example_setup(
         "llava_next_video", __doc__, argv, 4,
         "pooled tokens kept per frame (per_frame) or video", budget=("--video-budget", ["per_frame", "per_clip"]))
     pooled = (tl.IMAGE // tl.PATCH // model.config.spatial_pool_stride) ** 2  # 16 per frame
@@ -35,7 +36,7 @@ def main(argv=None) -> dict:
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values_videos=videos)
     print(f"LLaVA-NeXT-Video (tiny): 2 videos x {FRAMES} frames x {pooled} pooled tokens, "
           f"{args.video_budget} R={args.retain}")
-    return tl.demo(model, clip, tok, inputs, ["the dog on the right", ["a red car", "the man"]],
+    return er.demo(model, clip, tok, inputs, ["the dog on the right", ["a red car", "the man"]],
                    num_retain=args.retain, video_budget=args.video_budget, new_tokens=args.new_tokens,
                    repeat=args.repeat, full_size=("vicuna-7b", 8 * 144))
 

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_run as er
 import tiny_lvlm as tl  # noqa: E402
 import torch  # noqa: E402
 
@@ -46,7 +47,7 @@ FRAMES = 4
 
 
 def main(argv=None) -> dict:
-    args, tok, siglip, model = tl.example_setup(
+    args, tok, siglip, model = er.example_setup(
         "llava_onevision", __doc__, argv, 8, "tokens kept per view (per_tile), image (global), frame (per_frame) "
         "or video (per_clip)", budget=("--budget", ["per_tile", "global", "per_frame", "per_clip"]))
     g = torch.Generator().manual_seed(0)
@@ -59,7 +60,7 @@ def main(argv=None) -> dict:
         videos = torch.randn(2, FRAMES, 3, tl.IMAGE, tl.IMAGE, generator=g)
         print(f"LLaVA-OneVision (tiny): 2 videos x {FRAMES} frames x {pooled} pooled tokens, "
               f"{args.budget} R={args.retain}")
-        return tl.demo(model, siglip, tok, dict(input_ids=ids, attention_mask=mask, pixel_values_videos=videos),
+        return er.demo(model, siglip, tok, dict(input_ids=ids, attention_mask=mask, pixel_values_videos=videos),
                        ["the dog on the right", ["a red car", "the man"]], video_budget=args.budget,
                        full_size=("qwen2-7b", 32 * 196 + 1), **run)
     # the stock placeholder count of each image, as LlavaOnevisionProcessor computes it
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
     px = torch.randn(2, max(geo["views"] for geo in geos), 3, tl.IMAGE, tl.IMAGE, generator=g)
     print(f"LLaVA-OneVision (tiny): image sizes {SIZES.tolist()}, views {[geo['views'] for geo in geos]}, final "
           f"tile grids {[geo['grid'] for geo in geos]}, {args.budget} R={args.retain}")
-    return tl.demo(model, siglip, tok, dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=SIZES),
+    return er.demo(model, siglip, tok, dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=SIZES),
                    [["the cup on the left"], ["a red car", "the man"]], budget=args.budget,
                    full_size=("qwen2-7b", 729 + 81 * 82), **run)  # a 3 x 3 grid at 384 px: 729 + 81 x 82
 

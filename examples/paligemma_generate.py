@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_run as er
 import tiny_lvlm as tl  # noqa: E402
 import torch  # noqa: E402
 
@@ -64,7 +65,7 @@ def main(argv=None) -> dict:
     inputs["pixel_values"] = torch.randn(3, 3, tl.IMAGE, tl.IMAGE, generator=torch.Generator().manual_seed(0))
     print(f"PaliGemma (tiny): {tl.M} -> {args.retain} tokens per image, 2 prompts, 3 images")
     exprs = [["the man on the left"], ["a red car", "the cup"]]
-    out = tl.demo(model, siglip, tok, inputs, exprs, num_retain=args.retain, new_tokens=args.new_tokens,
+    out = er.demo(model, siglip, tok, inputs, exprs, num_retain=args.retain, new_tokens=args.new_tokens,
                   repeat=args.repeat, full_size=("gemma-2b", 256))
     L = inputs["input_ids"].shape[1]
     changed = not torch.equal(out["pruned_ids"][:, L:], out["stock_ids"][:, L:])

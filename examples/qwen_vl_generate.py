@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_run as er
 import tiny_lvlm as tl  # noqa: E402
 import tiny_qwen as tq  # noqa: E402
 import torch  # noqa: E402
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
             print(f"image {i}: {h} x {w} tokens of {tq.PATCH[args.family] * tq.MERGE} px; the scorer sees "
                   f"{' x '.join(map(str, scorer.grid(h, w)))} patches")
     print(f"{args.family} (tiny) with a paired CLIP: {args.retain} tokens kept per image, 2 prompts, 3 images")
-    out = tl.demo(model, clip, tok, inputs, exprs, num_retain=args.retain, new_tokens=args.new_tokens,
+    out = er.demo(model, clip, tok, inputs, exprs, num_retain=args.retain, new_tokens=args.new_tokens,
                   repeat=args.repeat, full_size=("qwen2-7b", 1296))
     L = inputs["input_ids"].shape[1]
     changed = not torch.equal(out["pruned_ids"][:, L:], out["stock_ids"][:, L:])

@@ -159,13 +159,13 @@ def sharpen(model, std: float, seed: int = 2) -> None:
 
 
 def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None,
-              feature_layer=-2):
+              feature_layer=-2, text: dict | None = None, image_token: int = IMAGE_TOKEN):
     """LlavaForConditionalGeneration ("llava"), LlavaNext... ("llava_next") or LlavaNextVideo... ("llava_next_video")
     with ``clip``'s vision weights in its tower (``llm_std``: see ``sharpen``); "llava_siglip": LLaVA with a SigLIP
     tower as LLaVA-Interleave ("full", the original's last layer dropped), ``clip`` then being ``tiny_siglip``'s.
-    ``feature_layer``: the config's ``vision_feature_layer`` (an int, or a list whose states are concatenated)."""
+    ``feature_layer``: ``vision_feature_layer`` (an int, or a list); ``text``, ``image_token``: another LLM config."""
     torch.manual_seed(seed)
-    common = dict(vision_config=vision_config(), text_config=text_config(), image_token_index=IMAGE_TOKEN,
+    common = dict(vision_config=vision_config(), text_config=text or text_config(), image_token_index=image_token,
                   vision_feature_layer=feature_layer, vision_feature_select_strategy="default",
                   projector_hidden_act="gelu",
                   # transformers 4.4x treat fewer placeholders than these as "not expanded by the processor"
@@ -197,30 +197,6 @@ def tiny_lvlm(family: str, clip, seed: int = 1, attn: str = "sdpa", llm_std: flo
     if llm_std is not None:
         sharpen(model, llm_std)
     return model
-
-
-def example_setup(family: str, doc: str, argv, retain: int, retain_help: str, budget: tuple = ()):
-    """The generate examples' shared start: their command line and the tiny (tokenizer, clip, model).
-
-    ``budget`` is ``(flag, choices)`` for a family with budget semantics, e.g.
-    ``("--budget", ["per_tile", "global"])``; the first choice is the default.
-    """
-    import argparse
-
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--retain", type=int, default=retain, help=retain_help)
-    if budget:
-        p.add_argument(budget[0], choices=budget[1], default=budget[1][0])
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds (median, p20-p80)")
-    args = p.parse_args(argv)
-    if family in SIGLIP_FAMILIES:  # the tower's checkpoint is a SigLIP one: its tokenizer, its head
-        tok = siglip_tokenizer()
-        tower = tiny_siglip(tok)
-        return args, tok, tower, SIGLIP_FAMILIES[family](tower)
-    tok = clip_tokenizer()
-    clip = tiny_clip(tok)
-    return args, tok, clip, tiny_lvlm(family, clip)
 
 
 # family -> builder(siglip) of the SigLIP-tower models (the adapters' files add theirs)
@@ -261,47 +237,6 @@ def prompt_ids(n_images_per_row, placeholders, lengths=(5, 3), seed: int = 0, pa
     return ids, mask
 
 
-def demo(model, clip, tokenizer, inputs: dict, expressions, *, new_tokens: int = 8, repeat: int = 5,
-         full_size: tuple = ("vicuna-7b", 576), **settings) -> dict:
-    """Stock generate vs LiteLVLM generate on ``inputs``; prints tokens, FLOPs, KV bytes and time, returns them.
-
-    Also checks the invariant the tests check: keeping every token in raster order gives the stock ids.
-    ``full_size``: a flops preset and its per-view token count, to print the same ratio at real scale.
-    """
-    from litelvlm_kernels.flops import DecoderConfig, prefill_flops
-    from litelvlm_kernels.integrations.lvlm import enable_litelvlm
-    from litelvlm_kernels.integrations.metrics import format_metrics, prefill_metrics
-    from litelvlm_kernels.memory import kv_cache_bytes
-
-    gen = dict(max_new_tokens=new_tokens, do_sample=False)
-    with torch.no_grad():
-        stock = model.generate(**inputs, **gen)
-        with enable_litelvlm(model, clip, tokenizer, **settings) as patch:
-            pruned = model.generate(**inputs, referring_expressions=expressions, **gen)
-            report = patch.last_report
-            metrics = prefill_metrics(model, inputs, expressions, repeat=repeat)
-        keep_all = dict(settings, num_retain=10_000, order="spatial")
-        with enable_litelvlm(model, clip, tokenizer, **keep_all):
-            same = torch.equal(model.generate(**inputs, referring_expressions=expressions, **gen), stock)
-    L = inputs["input_ids"].shape[1]
-    for what in ("image", "video"):
-        if what in report:
-            print(f"{what} placeholders per input: stock {report[what]['stock']} -> kept {report[what]['kept']}")
-    print(format_metrics(metrics))
-    print("new tokens, stock:   ", stock[:, L:].tolist())
-    print("new tokens, LiteLVLM:", pruned[:, L:].tolist())
-    print(f"keeping every token in raster order reproduces the stock ids: {same}")
-    preset, per_view = full_size
-    cfg = DecoderConfig.preset(preset)
-    ratio = metrics["pruned"]["visual_tokens"] / metrics["stock"]["visual_tokens"]
-    kept = round(per_view * ratio)
-    print(f"same visual-token ratio at {preset} scale ({per_view} -> {kept} visual + 64 text tokens): prefill "
-          f"{prefill_flops(cfg, per_view, 64) / 1e12:.2f} -> {prefill_flops(cfg, kept, 64) / 1e12:.2f} TFLOPs, "
-          f"KV cache {kv_cache_bytes(cfg, per_view, 64) / 1e6:.0f} -> {kv_cache_bytes(cfg, kept, 64) / 1e6:.0f} MB")
-    return {"stock_ids": stock, "pruned_ids": pruned, "report": report, "metrics": metrics,
-            "keep_all_equals_stock": same}
-
-
 # --------------------------------------------------------------------------- PaliGemma (SigLIP tower, Gemma LLM)
 
 PALIGEMMA_BOS, PALIGEMMA_NEWLINE = 2, 108  # Gemma's <bos> and "\n"; PAD (0) is also Gemma's <pad>
@@ -314,17 +249,17 @@ def gemma_text_config() -> dict:
                 pad_token_id=PAD, bos_token_id=PALIGEMMA_BOS, eos_token_id=1)
 
 
-def tiny_paligemma(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None):
+def tiny_paligemma(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None, text=None,
+                   image_token: int = IMAGE_TOKEN):
     """PaliGemmaForConditionalGeneration with ``siglip``'s vision weights in its tower (all its layers, no head:
-    ``vision_use_head=False`` as in PaliGemma checkpoints), a 2-layer Gemma (``llm_std``: see ``sharpen``).
-
-    M = 64 image tokens per image (64 px, patch 8); ``image_seq_length`` placeholders per image, as the processor.
-    """
+    ``vision_use_head=False`` as in PaliGemma checkpoints), a 2-layer Gemma (``llm_std``: see ``sharpen``; ``text``,
+    ``image_token``: another Gemma config). M = 64 image tokens per image (64 px, patch 8); ``image_seq_length``
+    placeholders per image, as the processor."""
     torch.manual_seed(seed)
-    n_layers = siglip.config.vision_config.num_hidden_layers
-    cfg = transformers.PaliGemmaConfig(vision_config=siglip_vision_config(n_layers), text_config=gemma_text_config(),
-                                       image_token_index=IMAGE_TOKEN, vocab_size=VOCAB, projection_dim=64,
-                                       hidden_size=64, pad_token_id=PAD)
+    n_layers, text = siglip.config.vision_config.num_hidden_layers, text or gemma_text_config()
+    cfg = transformers.PaliGemmaConfig(vision_config=siglip_vision_config(n_layers), text_config=text,
+                                       image_token_index=image_token, vocab_size=text["vocab_size"],
+                                       projection_dim=64, hidden_size=64, pad_token_id=text["pad_token_id"])
     cfg._attn_implementation = attn
     cfg.text_config._attn_implementation = attn
     model = transformers.PaliGemmaForConditionalGeneration(cfg).eval()
@@ -373,11 +308,14 @@ def paligemma_prompt(n_images_per_row, prompt_lengths=(4, 6), suffix_lengths=Non
 ONEVISION_ASPECT = "anyres_max_2"  # a 2 x 2 tile grid (up to 16 x 16 cells) exceeds 2 views' worth: downsampled
 
 
-def tiny_onevision(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None):
+def tiny_onevision(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | None = None, text: dict | None = None,
+                   image_token: int = IMAGE_TOKEN, video_token: int = VIDEO_TOKEN, pinpoints=None,
+                   aspect: str = ONEVISION_ASPECT):
     """LlavaOnevisionForConditionalGeneration with ``siglip``'s vision weights in its SigLIP tower, laid out as the
     real checkpoints (llava-hf/llava-onevision-*): the tower drops the original's last layer, features from its last
     layer (``vision_feature_layer=-1``), ``"full"`` (no [CLS] to drop), a 2-layer Llama (``llm_std``: see
-    ``sharpen``).
+    ``sharpen``; ``text``, ``image_token``, ``video_token``: another LLM config; ``pinpoints`` (default
+    ``GRID_PINPOINTS``), ``aspect``: the tiles and ``vision_aspect_ratio``).
 
     Views of 64 px (8 x 8 = 64 tokens); tiles from ``GRID_PINPOINTS`` (1 x 2, 2 x 1, 2 x 2) and
     ``vision_aspect_ratio="anyres_max_2"``: a grid of more than about 2 views' cells (a 2 x 2 grid cropped to,
@@ -386,9 +324,9 @@ def tiny_onevision(siglip, seed: int = 1, attn: str = "sdpa", llm_std: float | N
     torch.manual_seed(seed)
     layers = len(find_tower(siglip, "vision").encoder.layers) - 1
     cfg = transformers.LlavaOnevisionConfig(
-        vision_config=siglip_vision_config(layers), text_config=text_config(), image_token_index=IMAGE_TOKEN,
-        video_token_index=VIDEO_TOKEN, vision_feature_layer=-1, vision_feature_select_strategy="full",
-        image_grid_pinpoints=GRID_PINPOINTS, vision_aspect_ratio=ONEVISION_ASPECT, projector_hidden_act="gelu")
+        vision_config=siglip_vision_config(layers), text_config=text or text_config(), image_token_index=image_token,
+        video_token_index=video_token, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        image_grid_pinpoints=pinpoints or GRID_PINPOINTS, vision_aspect_ratio=aspect, projector_hidden_act="gelu")
     cfg._attn_implementation = attn
     model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
     copy_tower(model, siglip)
