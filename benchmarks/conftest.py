@@ -39,6 +39,15 @@ def bench_dirs(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def vllm_env(monkeypatch):
+    """The environment a vLLM benchmark's main() sets for in-process engines (``vllm_engine.in_process_env``, 1 GiB
+    of KV cache), set through monkeypatch so that it is restored after the test."""
+    for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+                 "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture
 def untimed(monkeypatch):
     """``untimed(module)``: the module's ``measure`` calls each callable once and returns 1 ms (the code path,
     not the timing)."""

@@ -1,5 +1,5 @@
 """benchmarks/bench_vllm.py: where it writes (any environment) and a smoke run of ``--quick`` (tiny tower and LLM,
-4 requests; no timing asserted).
+the three workloads at R = 64; no timing asserted).
 
 The smoke run needs the vLLM venv (``.venv-vllm/bin/python -m pytest benchmarks/test_bench_vllm.py -q``) and is
 skipped wherever vLLM or the plugin does not import (the main environment); the path tests need no vLLM.
@@ -39,29 +39,40 @@ def test_quick_publish_is_refused(flag, bench_dirs, capsys):
 
 @pytest.mark.skipif(not bench_vllm.have_vllm(), reason="vLLM and litelvlm_kernels.serving.vllm do not import "
                                                         "(run in .venv-vllm)")
-def test_quick_run_writes_rows_and_table(tmp_path, monkeypatch):
-    for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-                 "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}.items():
-        monkeypatch.setenv(k, v)  # main() sets them; restored after the test
-    rows = bench_vllm.main(["--quick", "--retain", "128", "64", "--out", str(tmp_path),
-                            "--cache-dir", str(tmp_path / "ckpt")])
+def test_quick_run_writes_rows_and_table(tmp_path, vllm_env):
+    from benchmarks import vllm_rows
+
+    rows = bench_vllm.main(["--quick", "--retain", "64", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "ckpt")])
     serving = [r for r in rows if r["op"] == "vllm_serving"]
-    assert [(r["provider"], r["shape"]["R"]) for r in serving] == [("stock", 576), ("litelvlm", 128),
-                                                                   ("litelvlm", 64)]
-    text = serving[0]["text_tokens"]
-    assert serving[0]["prompt_tokens"] == text + 576
-    for r in serving:  # the engine's own prompt length: text + R' (the third target, exact on any machine)
-        assert r["prompt_tokens_ok"] and r["prompt_tokens"] == text + r["shape"]["R"]
-        assert r["req_per_s"] > 0 and r["ttft_p50_s"] > 0 and r["commit"]
+    key = [(r["shape"]["model"], r["shape"]["workload"], r["provider"], r["shape"]["R"]) for r in serving]
+    assert key == [("llava-1.5", "1q", "stock", 576), ("llava-1.5", "3q", "stock", 576),
+                   ("llava-1.5", "1q", "litelvlm", 64), ("llava-1.5", "3q", "litelvlm", 64),
+                   ("llava-next", "1q", "stock", 576), ("llava-next", "1q", "litelvlm", 64)]
+    # the engine's own placeholders per image: stock's, or the layout's count at R (LLaVA-NeXT: 5 views of R + the
+    # 48 newlines of a 672 x 672 image), and text + those in every request (exact on any machine)
+    assert [r["placeholders"] for r in serving] == [576, 576, 64, 64, 2928, 5 * 64 + 48]
+    for r in serving:
+        assert r["prompt_tokens_ok"] and r["req_per_s"] > 0 and r["ttft_p50_s"] > 0 and r["commit"]
         assert r["kv_blocks"] > 0 and r["kv_max_concurrent"] == r["kv_blocks"] // r["blocks_per_request"]
-    parts = {(r["provider"], r["shape"]["R"], r["shape"]["part"]) for r in rows if r["op"] == "vllm_encoder"}
-    assert ("stock", 576, "tower") in parts and ("litelvlm", 64, "prune_op") in parts
-    assert ("litelvlm", 64, "selection") in parts and ("stock", 576, "selection") not in parts
-    met = {name: ok for name, _, ok in bench_vllm.targets(rows)}
+        # never above stock's encoder step (tower_cache.py): 4096 tokens // 576 = 7 LLaVA-1.5 images; 4096 // 2928 = 1
+        # LLaVA-NeXT image of 5 views
+        assert max(r["tower_calls"]) <= (7 if r["shape"]["model"] == "llava-1.5" else 5)
+    three = [r for r in serving if r["shape"]["workload"] == "3q"]
+    assert [r["tower_images"] for r in three] == [2, 2]  # 6 requests, 2 images: each encoded once, both engines
+    assert three[0]["cached_tokens"] > three[1]["cached_tokens"]  # stock reuses the image's KV, the plugin cannot
+    parts = {(r["shape"]["model"], r["provider"], r["shape"]["timing"], r["shape"]["part"])
+             for r in rows if r["op"] == "vllm_encoder"}
+    for model in ("llava-1.5", "llava-next"):
+        assert {(model, "stock", t, "tower") for t in ("batch", "B=1")} <= parts
+        assert {(model, "litelvlm", t, p) for t in ("batch", "B=1") for p in ("selection", "fold_text")} <= parts
+        assert (model, "stock", "batch", "selection") not in parts
+    assert ("llava-1.5", "litelvlm", "B=1", "prune_op") in parts
+    met = {name: ok for name, _, ok in vllm_rows.targets(rows)}
     assert met["prompt tokens exactly text + R' (engine's count, every request)"]
+    assert met["3 questions per image: the plugin's tower runs once per image (tower cache)"]
     stem = tmp_path / "vllm-serving-cpu"
     assert json.loads(stem.with_suffix(".json").read_text()) == rows
-    assert "## Targets (issue 23)" in stem.with_suffix(".md").read_text()
+    assert "## Targets (issues 23 and 30)" in stem.with_suffix(".md").read_text()
     # the selector module's functions are restored once the engines are gone
     import litelvlm_kernels.serving.vllm.selector as sel
     from litelvlm_kernels import prune

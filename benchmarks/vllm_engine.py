@@ -1,6 +1,6 @@
-"""The vLLM benchmark's engine side: random-weight checkpoints built offline (presets of tower and LLM
-shapes, cached under ``build/bench_vllm/``), engine arguments, requests, and wall-clock timers around the
-image path's pieces inside an engine. Used by ``benchmarks/bench_vllm.py`` (its docstring says what is
+"""The vLLM benchmark's engine side: presets of tower and LLM shapes (the checkpoints are built by
+``vllm_checkpoints.py``, the requests by ``vllm_workloads.py``), engine arguments, and wall-clock timers around
+the image path's pieces inside an engine. Used by ``benchmarks/bench_vllm.py`` (its docstring says what is
 measured); needs the vLLM venv (``scripts/install_vllm_cpu.sh``).
 """
 
@@ -9,14 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import importlib.util
-import json
-import math
+import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -49,8 +46,8 @@ LLMS = {
     "llama-1.8b": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=24, num_attention_heads=20),
 }
 VOCAB = 32000
-FULL = dict(tower="vit-l-336", llm="llama-1.8b", requests=8, max_tokens=16, kv_gib=2, warmup=1)
-QUICK = dict(tower="tiny", llm="tiny", requests=4, max_tokens=8, kv_gib=1, warmup=1)
+FULL = dict(tower="vit-l-336", llm="llama-1.8b", max_tokens=16, kv_gib=3, warmup=1)
+QUICK = dict(tower="tiny", llm="tiny", max_tokens=8, kv_gib=1, warmup=1)
 
 # A LLaVA-1.5-like prompt in the tests' word-level LLM vocabulary: a 34-word "system prompt" (fillers
 # w0..w33, as LLaVA-1.5's ~35-token one), then the image and the question.
@@ -61,6 +58,15 @@ EXPRESSIONS = ["the man on the left", "a red car", "the cat in the tree", "the d
 
 
 # ------------------------------------------------------------------------------------------ imports
+
+
+def in_process_env(kv_gib: int) -> None:
+    """Environment for in-process engines with an explicit KV cache of ``kv_gib`` GiB (left alone, vLLM's CPU
+    backend takes 90% of the RAM)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def have_vllm() -> bool:
@@ -114,86 +120,24 @@ def _meta_shapes(model_fn) -> list:
     return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
 
 
-def build_checkpoint(tower: str = "vit-l-336", llm: str = "llama-1.8b", dtype: str = "bfloat16", seed: int = 0,
-                     cache_dir: Path = CACHE_DIR, log=print) -> SimpleNamespace:
-    """A LLaVA-1.5-shaped checkpoint (``TOWERS[tower]`` + ``LLMS[llm]``, random weights) and its CLIP checkpoint.
-
-    ``tiny_llava.build`` writes the tokenizers, the processor and the layout; this swaps the configs and
-    weights for the given shapes. The CLIP checkpoint holds what the plugin reads from it (text tower,
-    ``text_projection``, ``visual_projection``); the vision tower, its last layer and ``post_layernorm``
-    are in the LLaVA checkpoint, as in llava-hf's. Cached by shapes, dtype and seed.
-    """
-    import transformers
-    from safetensors.torch import save_file
-
-    tiny_llava, _, _ = tests_vllm()
-    spec = dict(tower=TOWERS[tower], text=TEXT_TOWERS[tower], llm=LLMS[llm], vocab=VOCAB, dtype=dtype, seed=seed,
-                version=BUILDER_VERSION)
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(cache_dir) / f"{tower}-{llm}-{dtype}-{key}"
-    done = folder / "DONE"
-    ck = SimpleNamespace(folder=folder, llava_dir=folder / "llava", clip_dir=folder / "clip", tower=tower, llm=llm,
-                         dtype=dtype)
-    if done.exists():
-        ck.image_token_id = json.loads(done.read_text())["image_token_id"]
-        return ck
-    t0 = time.perf_counter()
-    tiny = tiny_llava.build(folder)  # tokenizers, processor, configs and tiny weights (replaced below)
-    torch_dtype = getattr(torch, dtype)
-
-    text_cfg, proj = TEXT_TOWERS[tower]
-    old = transformers.CLIPConfig.from_pretrained(tiny.clip_dir).text_config
-    clip_cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=old.vocab_size, eos_token_id=old.eos_token_id, bos_token_id=old.bos_token_id,
-                         pad_token_id=old.pad_token_id, **text_cfg),
-        vision_config=dict(TOWERS[tower]), projection_dim=proj)
-    clip_cfg.dtype = dtype
-    clip_cfg.save_pretrained(tiny.clip_dir)
-    wanted = [(k, s) for k, s in _meta_shapes(lambda: transformers.CLIPModel(clip_cfg))
-              if not k.startswith("vision_model.")]
-    save_file(_random_state(wanted, torch_dtype, seed), str(tiny.clip_dir / "model.safetensors"),
-              metadata={"format": "pt"})
-
-    old = tiny.llava.config
-    heads = LLMS[llm]["num_attention_heads"]
-    text = dict(model_type="llama", vocab_size=VOCAB, num_key_value_heads=heads, max_position_embeddings=4096,
-                pad_token_id=old.text_config.pad_token_id, bos_token_id=old.text_config.bos_token_id,
-                eos_token_id=old.text_config.eos_token_id, tie_word_embeddings=False, **LLMS[llm])
-    cfg = transformers.LlavaConfig(vision_config=dict(model_type="clip_vision_model", **TOWERS[tower]),
-                                   text_config=text, image_token_index=old.image_token_index, vision_feature_layer=-2,
-                                   vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                                   image_seq_length=tiny_llava.M, tie_word_embeddings=False)
-    cfg.architectures = ["LlavaForConditionalGeneration"]
-    cfg.dtype = dtype
-    cfg.save_pretrained(tiny.llava_dir)
-    shapes = _meta_shapes(lambda: transformers.LlavaForConditionalGeneration(cfg))
-    state = tiny_llava.hub_layout(_random_state(shapes, torch_dtype, seed + 1))
-    save_file(state, str(tiny.llava_dir / "model.safetensors"), metadata={"format": "pt"})
-    n_llm = sum(math.prod(s) for k, s in shapes if k.startswith("model.language_model.") or k.startswith("lm_head"))
-    n_tower = sum(math.prod(s) for k, s in shapes if k.startswith("model.vision_tower."))
-    del state, tiny
-    gc.collect()
-    ck.image_token_id = int(cfg.image_token_index)
-    done.write_text(json.dumps({"image_token_id": ck.image_token_id, "llm_params": n_llm, "tower_params": n_tower}))
-    log(f"[bench_vllm] built {folder.name} in {time.perf_counter() - t0:.0f} s "
-        f"(LLM {n_llm / 1e6:.0f} M, tower {n_tower / 1e6:.0f} M parameters)")
-    return ck
-
-
-def checkpoint_params(ck) -> dict:
-    return json.loads((ck.folder / "DONE").read_text())
-
-
 # ------------------------------------------------------------------------------------------ engines
 
 
+# the plugin's architecture per checkpoint family (vllm_checkpoints.FAMILIES)
+PLUGIN_ARCHS = {"llava": ARCH, "llava_next": "LiteLVLMLlavaNextForConditionalGeneration"}
+
+
 def engine_kwargs(ck, r=None, *, max_num_seqs: int, kv_gib: int, block_size: int,
-                  max_num_batched_tokens=None) -> dict:
-    """The tests' engine arguments (conftest.engine_kwargs), sized for the benchmark."""
+                  max_num_batched_tokens=None, **litelvlm) -> dict:
+    """The tests' engine arguments (conftest.engine_kwargs) for ``ck``'s family (stock when ``r`` is None, else the
+    plugin with ``num_retain=r`` and the ``litelvlm`` settings), sized for the benchmark, prefix caching on (stock
+    then reuses an image's encoder output and KV across the questions about it: the fair comparison)."""
     _, _, conftest = tests_vllm()
-    kw = conftest.engine_kwargs(ck, stock=r is None, **({} if r is None else {"num_retain": r}))
-    kw.update(dtype=ck.dtype, max_model_len=2048, limit_mm_per_prompt={"image": 1}, max_num_seqs=max_num_seqs,
-              enable_prefix_caching=False, block_size=block_size, kv_cache_memory_bytes=kv_gib << 30,
+    kw = conftest.engine_kwargs(ck, stock=r is None, **({} if r is None else {"num_retain": r, **litelvlm}))
+    if r is not None:
+        kw["hf_overrides"]["architectures"] = [PLUGIN_ARCHS[getattr(ck, "family", "llava")]]
+    kw.update(dtype=ck.dtype, max_model_len=4096, limit_mm_per_prompt={"image": 1}, max_num_seqs=max_num_seqs,
+              enable_prefix_caching=True, block_size=block_size, kv_cache_memory_bytes=kv_gib << 30,
               disable_log_stats=False)
     if max_num_batched_tokens:
         kw["max_num_batched_tokens"] = max_num_batched_tokens
@@ -201,12 +145,14 @@ def engine_kwargs(ck, r=None, *, max_num_seqs: int, kv_gib: int, block_size: int
 
 
 @contextlib.contextmanager
-def engine(ck, r=None, **kw):
+def engine(ck, r=None, make_kwargs=None, **kw):
+    """An in-process engine on ``ck`` (``make_kwargs(ck, r, **kw)``: its arguments, default ``engine_kwargs``),
+    shut down with its timers removed on exit; ``llm._bench_start_s``: the start time."""
     from vllm import LLM
 
     _, _, conftest = tests_vllm()
     t0 = time.perf_counter()
-    llm = LLM(**engine_kwargs(ck, r, **kw))
+    llm = LLM(**(make_kwargs or engine_kwargs)(ck, r, **kw))
     llm._bench_start_s = time.perf_counter() - t0
     try:
         yield llm
@@ -216,17 +162,6 @@ def engine(ck, r=None, **kw):
         conftest.close_llm(llm)
         del llm
         gc.collect()
-
-
-def requests(n: int, r=None, seed0: int = 0, tiny_llava=None, _compare=None) -> list:
-    """n requests, one distinct image each; the plugin's get an expression (cycled)."""
-    if tiny_llava is None:
-        tiny_llava, _compare, _ = tests_vllm()
-    out = []
-    for i in range(n):
-        expr = None if r is None else EXPRESSIONS[i % len(EXPRESSIONS)]
-        out.append(_compare.request(tiny_llava.image(seed0 + i), expr, prompt=PROMPT))
-    return out
 
 
 def sampling(max_tokens: int):
@@ -255,15 +190,31 @@ def _first_image(x):
 
 def install_timers(model) -> None:
     """Wall-clock timers around the image path's pieces (instance attributes, and the selector module's
-    ``prune`` while this engine lives; "last_layer_qkv" times the scorer's ``contribution_inputs``; CPU ops
-    are synchronous, so the wall clock is the compute). Appends (images, seconds) per call to
-    ``model._bench_timers[part]`` and keeps the first image of the last tower / selection / projector call for
-    ``time_one_image``."""
+    ``prune`` while this engine lives; CPU ops are synchronous, so the wall clock is the compute): "selection" the
+    model's ``_select`` (every LiteLVLM family's whole selection: the fold, the scores, the select), "fold_text"
+    the text tower + fold, "last_layer_qkv" the scorer's ``contribution_inputs``, "prune_op" the fused op.
+    Appends (images, seconds) per call to ``model._bench_timers[part]`` (the tower's: views) and keeps the last
+    ``embed_multimodal`` call for ``time_one_image``."""
     import litelvlm_kernels.serving.vllm.selector as sel
 
-    model._bench_timers = {k: [] for k in PARTS}
+    wrap = part_timers(model, PARTS, keep=("encoder_step",))
+    wrap(model, "embed_multimodal", "encoder_step")
+    wrap(model.vision_tower, "forward", "tower")
+    wrap(model.multi_modal_projector, "forward", "projector")
+    if hasattr(model, "litelvlm"):
+        wrap(model, "_select", "selection")
+        wrap(model.litelvlm, "fold", "fold_text")
+        wrap(model.litelvlm.scorer, "contribution_inputs", "last_layer_qkv")
+        wrap(sel, "prune", "prune_op", instance=False)
+
+
+def part_timers(model, parts, keep=()):
+    """Start timing ``model``'s image path: returns ``wrap(obj, attr, part, instance=True)``, which times every
+    call of ``obj.attr`` into ``model._bench_timers[part]`` (one of ``parts``) as (images, seconds) and, for a part
+    in ``keep``, keeps the call's first image (``model._bench_last[part]``: the original, its args and kwargs)."""
+    model._bench_timers = {k: [] for k in parts}
     model._bench_last = {}
-    undo = []
+    model._bench_undo = undo = []
 
     def wrap(obj, attr, name, instance=True):
         orig = getattr(obj, attr)
@@ -272,22 +223,14 @@ def install_timers(model) -> None:
             t0 = time.perf_counter()
             out = orig(*args, **kwargs)
             model._bench_timers[name].append((_count_images(args, kwargs), time.perf_counter() - t0))
-            if name in ("tower", "selection", "projector"):
+            if name in keep:
                 model._bench_last[name] = (orig, tuple(_first_image(a) for a in args), dict(kwargs))
             return out
 
         setattr(obj, attr, timed)
         undo.append((obj, attr, orig, instance))
 
-    wrap(model, "embed_multimodal", "encoder_step")
-    wrap(model.vision_tower, "forward", "tower")
-    wrap(model.multi_modal_projector, "forward", "projector")
-    if hasattr(model, "litelvlm"):
-        wrap(model.litelvlm, "select", "selection")
-        wrap(model.litelvlm, "fold", "fold_text")
-        wrap(model.litelvlm.scorer, "contribution_inputs", "last_layer_qkv")
-        wrap(sel, "prune", "prune_op", instance=False)
-    model._bench_undo = undo
+    return wrap
 
 
 def _count_images(args, kwargs):
@@ -312,28 +255,27 @@ def _remove_timers(model) -> None:
 
 def take_timers(model) -> dict:
     rec = model._bench_timers
-    model._bench_timers = {k: [] for k in PARTS}
+    model._bench_timers = {k: [] for k in rec}
     return rec
 
 
 def time_one_image(model, rounds: int = 3) -> dict:
-    """The image path on one image of the timed batch, in the engine's process and modules: the tower, the
-    selection (its parts timed by the wrappers) and the projector, ``rounds`` interleaved rounds.
-    Returns {part: [seconds per round]}."""
-    last = model._bench_last
-    if "tower" not in last:
+    """One request's image through the whole image path, ``rounds`` times: the model's ``embed_multimodal`` (the
+    wrapped method: every part timed) on the first item of the timed batch's last call, in the engine's process,
+    as new to the engine (the plugin's tower cache and fold cache emptied first: the tower runs, the expression
+    is encoded and folded). Returns {part: [seconds per round]}."""
+    last = model._bench_last.get("encoder_step")
+    if last is None:
         return {}
-    model._bench_timers = {k: [] for k in PARTS}
+    one = {k: _first_image(v) for k, v in last[2].items()}
+    model._bench_timers = {k: [] for k in model._bench_timers}
     with torch.inference_mode():
         for _ in range(rounds):
-            for part in ("tower", "selection", "projector"):
-                if part == "selection" and "selection" in last:
-                    model.litelvlm.select(*last[part][1], **last[part][2])  # the wrapped method: parts timed
-                elif part in last:
-                    fn, args, kwargs = last[part]
-                    t0 = time.perf_counter()
-                    fn(*args, **kwargs)
-                    model._bench_timers[part].append((1, time.perf_counter() - t0))
+            if getattr(model, "litelvlm_towers", None) is not None:
+                model.litelvlm_towers.clear()
+            if getattr(model, "litelvlm", None) is not None:
+                model.litelvlm._folds.clear()  # (the selector's fold cache)
+            model.embed_multimodal(**one)
     return {k: [dt for _, dt in v] for k, v in take_timers(model).items() if v}
 
 

@@ -33,11 +33,11 @@ from .adapter import FamilyAdapter, Modality
 
 __all__ = ["MIN_TRANSFORMERS", "PairedPruner", "QwenAdapter", "check_transformers"]
 
-MIN_TRANSFORMERS = (5, 20)  # mm_encoder_outputs and mm_token_type_ids (4.57 has neither)
+MIN_TRANSFORMERS = (5, 19)  # mm_encoder_outputs and mm_token_type_ids (4.57 has neither; 5.19: the vLLM venv's)
 
 
 def check_transformers(version: str | None = None) -> None:
-    """Qwen support needs transformers 5.2x: ValueError naming the installed version otherwise."""
+    """Qwen support needs transformers >= 5.19: ValueError naming the installed version otherwise."""
     import transformers
 
     version = transformers.__version__ if version is None else version
@@ -198,7 +198,8 @@ class QwenAdapter(FamilyAdapter):
         inner, before = self.inner, self.inner.rope_deltas
         params = inspect.signature(inner.compute_3d_position_ids).parameters
         args = {**dict.fromkeys(("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")),
-                **found, "input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "cache": None}
+                **found, "input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "cache": None,
+                "past_key_values": None}  # the cache argument's name before 5.20
         pos = inner.compute_3d_position_ids(**{k: v for k, v in args.items() if k in params})
         if pos is None:
             pos = torch.arange(L, device=ref.device).expand(3, B, L)

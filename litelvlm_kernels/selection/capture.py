@@ -90,13 +90,17 @@ def normalise_layer(select_layer: int, num_layers: int) -> int:
 
 
 def last_layer_qkv(x: torch.Tensor, norm: Callable, q_proj: Callable, k_proj: Callable,
-                   v_proj: Callable) -> tuple:
+                   v_proj: Callable, cls_query_only: bool = False) -> tuple:
     """(q_cls [B, D], keys [B, M, D], values [B, M, D]) of the last layer, from its input ``x`` [B, 1 + M, Dv].
 
     q is projected for every row and sliced, as the layer itself computes it: a [B, Dv] product
     could take another GEMM path and differ in the last bit (q feeds the contribution ranking).
+    ``cls_query_only``: project q for the [CLS] row alone (a third of the cost less; a serving engine, which
+    runs its own tower and is not bit-exact with the stock layer anyway, takes it).
     """
     y = norm(x)
+    if cls_query_only:
+        return q_proj(y[:, 0]), k_proj(y)[:, 1:], v_proj(y)[:, 1:]
     return q_proj(y)[:, 0], k_proj(y)[:, 1:], v_proj(y)[:, 1:]
 
 

@@ -96,6 +96,8 @@ class ClipScorer(Scorer):
     has_cls = True
     end_layer = -2
     kind = "clip"
+    # q of the last layer for the [CLS] row only (``last_layer_qkv``); off: every row, bit for bit the stock layer
+    cls_query_only = False
 
     def __init__(self, tower, visual_projection, text_model=None, tokenizer=None, *, vision_model=None):
         super().__init__(text_model, tokenizer)
@@ -161,7 +163,8 @@ class ClipScorer(Scorer):
         """q / k / v of the last layer from its input ``end_state`` [B, 1 + M, Dv] ([CLS] first)."""
         last = self.tower.encoder.layers[-1]
         attn = last.self_attn
-        q_cls, keys, values = last_layer_qkv(end_state, last.layer_norm1, attn.q_proj, attn.k_proj, attn.v_proj)
+        q_cls, keys, values = last_layer_qkv(end_state, last.layer_norm1, attn.q_proj, attn.k_proj, attn.v_proj,
+                                             cls_query_only=self.cls_query_only)
         return dict(q_cls=q_cls, keys=keys, values=values)
 
     def capture(self, pixel_values, *, select_layer: int, full_tower: bool = False,
@@ -204,8 +207,11 @@ class ClipEngineParts(torch.nn.Module):
         self.text = transformers.CLIPTextModelWithProjection(text_config).eval()
 
     def scorer(self, tokenizer=None, head_contribution: str = "exact") -> ClipScorer:
-        """The scorer on these modules (``head_contribution``: SigLIP's setting, nothing to choose for CLIP)."""
-        return ClipScorer(self, self.visual_projection, self.text, tokenizer)
+        """The scorer on these modules (``head_contribution``: SigLIP's setting, nothing to choose for CLIP); q of the
+        last layer for the [CLS] row only (the engine's tower is its own, so there is no stock bit to keep)."""
+        scorer = ClipScorer(self, self.visual_projection, self.text, tokenizer)
+        scorer.cls_query_only = True
+        return scorer
 
     def checkpoint_names(self) -> dict:
         """{our parameter name: (where, its name there)}: "tower" names are relative to a vision tower

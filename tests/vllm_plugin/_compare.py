@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
+import pytest
 import torch
 
 PROMPT = "user : <image> what is this ? assistant :"
@@ -26,6 +30,46 @@ def greedy():
     return SamplingParams(max_tokens=N_NEW, temperature=0, ignore_eos=True)
 
 
+def ids_of(outs) -> list:
+    """(prompt ids, generated ids) of each output of ``LLM.generate``."""
+    return [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs]
+
+
+def generate_once(llm, requests) -> list:
+    """``ids_of`` the greedy outputs of ``requests`` on an engine started for them alone and shut down after (the
+    stock engine a keep-all test compares with: one engine at a time in a process)."""
+    from conftest import close_llm
+
+    try:
+        return ids_of(llm.generate(requests, greedy(), use_tqdm=False))
+    finally:
+        close_llm(llm)
+
+
+def refused_configs(check, config, cases) -> None:
+    """A family's config ``check`` passes ``config`` and refuses each copy of it with one ``(field, value, match)``
+    changed (``field`` may be dotted: "vision_config.model_type") with a ValueError matching ``match``."""
+    check(config)
+    for field, value, match in cases:
+        cfg = copy.deepcopy(config)
+        *path, name = field.split(".")
+        setattr(functools.reduce(getattr, path, cfg), name, value)
+        with pytest.raises(ValueError, match=match):
+            check(cfg)
+
+
+def embeds_refused(processor, tiny) -> None:
+    """vLLM's multimodal ``processor`` (made with ``enable_mm_embeds=True``) refuses precomputed image embeddings by
+    name."""
+    from vllm.multimodal.processing import ProcessorInputs, TimingContext
+
+    prompt = tiny.processor.tokenizer.encode(PROMPT)
+    embeds = processor.info.parse_mm_data({"image": [torch.zeros(100, tiny.llava.config.text_config.hidden_size)]})
+    with pytest.raises(ValueError, match="image_embeds"):
+        processor.apply(ProcessorInputs(prompt, embeds, hf_processor_mm_kwargs={"expression": "the cat"}),
+                        TimingContext(enabled=False))
+
+
 def start_recording(llm) -> None:
     """Record every image's kept indices inside the engine (selector.recorder)."""
     llm.apply_model(lambda m: setattr(m.litelvlm, "recorder", []))
@@ -37,6 +81,13 @@ def recorded(llm) -> list:
         out, m.litelvlm.recorder = m.litelvlm.recorder, None
         return out
     return llm.apply_model(take)[0]
+
+
+def generate_recorded(llm, requests) -> tuple:
+    """(the greedy outputs of ``requests``, every selection the engine recorded meanwhile)."""
+    start_recording(llm)
+    outs = llm.generate(requests, greedy(), use_tqdm=False)
+    return outs, recorded(llm)
 
 
 def hf(tiny, images, expressions, prompt: str = PROMPT, processor=None, **settings) -> dict:
@@ -53,7 +104,7 @@ def hf(tiny, images, expressions, prompt: str = PROMPT, processor=None, **settin
                                   do_sample=False)
         report = patch.last_report
     kept = report["image"]["kept"]
-    views = [v[0] for v in report["image"]["views"]]
+    views = [v for item in report["image"]["views"] for v in item]  # every view of every image, in order
     shrunk, k, i = [], 0, 0
     while i < len(ids):  # each run of M placeholders -> kept[k] placeholders
         if ids[i] == tiny.image_token_id:
@@ -68,3 +119,36 @@ def hf(tiny, images, expressions, prompt: str = PROMPT, processor=None, **settin
     return {"tokens": out[0, len(ids):].tolist(), "indices": [v["indices"] for v in views],
             "from_similarity": [v["from_similarity"] for v in views], "prompt_ids": shrunk, "kept": kept,
             "text_len": len(shrunk) - sum(kept)}
+
+
+def check_same(out, want: dict, rec: list, r: int) -> None:
+    """An engine output equals ``want`` (``hf``'s): prompt ids, greedy ids, and the item's views (kept indices and
+    flags, at budget ``r``) found as one run in the recording ``rec``."""
+    assert list(out.prompt_token_ids) == want["prompt_ids"]
+    assert list(out.outputs[0].token_ids) == want["tokens"]
+    views = list(zip(want["indices"], want["from_similarity"]))
+    runs = [rec[i:i + len(views)] for i in range(len(rec) - len(views) + 1)]
+    assert any(all(x[0] == r and torch.equal(x[1], i) and torch.equal(x[2], f) for x, (i, f) in zip(run, views))
+               for run in runs)
+
+
+def check_two_expressions(llm, tiny, images: tuple, a: str, b: str, r: int, **hf_kwargs) -> None:
+    """One image with expressions ``a`` and ``b`` at budget ``r``: in one batch (``images[0]``), then across requests
+    with prefix caching (A, B, A again on ``images[1]``, which the engine has not seen: nothing of it is cached).
+    Each equals ``hf`` (with ``hf_kwargs``), A and B keep different tokens, neither request reuses the other's
+    selection or KV of the image, A's repeat hits the prefix cache."""
+    im = images[0]
+    want = {e: hf(tiny, [im], [e], num_retain=r, **hf_kwargs) for e in (a, b)}
+    outs, rec = generate_recorded(llm, [request(im, a, num_retain=r), request(im, b, num_retain=r)])
+    assert len(rec) == 2 * len(want[a]["indices"])  # two selections of the image's views
+    for e, out in zip((a, b), outs):
+        check_same(out, want[e], rec, r)
+    assert any(not torch.equal(x, y) for x, y in zip(want[a]["indices"], want[b]["indices"]))
+    im = images[1]
+    want = {e: hf(tiny, [im], [e], num_retain=r, **hf_kwargs) for e in (a, b)}
+    ((out_a,), rec_a), ((out_b,), rec_b), ((out_a2,), _) = [
+        generate_recorded(llm, [request(im, e, num_retain=r)]) for e in (a, b, a)]
+    check_same(out_a, want[a], rec_a, r)
+    check_same(out_b, want[b], rec_b, r)
+    assert out_b.num_cached_tokens <= list(out_b.prompt_token_ids).index(tiny.image_token_id)
+    assert list(out_a2.outputs[0].token_ids) == want[a]["tokens"] and out_a2.num_cached_tokens > 0

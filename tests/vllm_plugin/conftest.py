@@ -62,6 +62,14 @@ def make_llm(tiny, **kw):
     return LLM(**engine_kwargs(tiny, **kw))
 
 
+def running(llm):
+    """A module fixture's body: yield the engine, shut it down when the module is done."""
+    try:
+        yield llm
+    finally:
+        close_llm(llm)
+
+
 def close_llm(llm) -> None:
     """Shut an in-process engine down so the next one in this process starts clean."""
     try:

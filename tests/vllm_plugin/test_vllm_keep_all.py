@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _compare import PROMPT, PROMPT_2, greedy, hf, recorded, request, start_recording
+from _compare import PROMPT, PROMPT_2, generate_once, greedy, hf, ids_of, recorded, request, start_recording
 from conftest import close_llm, make_llm
 from tiny_llava import M, image
 
@@ -18,12 +18,7 @@ REQUESTS = [([image(10)], "the cat", PROMPT), ([image(11), image(12)], ["a red c
 
 @pytest.fixture(scope="module")
 def stock_outputs(tiny):
-    llm = make_llm(tiny, stock=True)
-    try:
-        outs = llm.generate([request(imgs, prompt=p) for imgs, _, p in REQUESTS], greedy(), use_tqdm=False)
-        return [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs]
-    finally:
-        close_llm(llm)
+    return generate_once(make_llm(tiny, stock=True), [request(imgs, prompt=p) for imgs, _, p in REQUESTS])
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +30,7 @@ def keep_all(tiny, stock_outputs):  # after the stock engine is gone
 
 def test_keep_all_in_raster_order_equals_stock_vllm(keep_all, stock_outputs):
     outs = keep_all.generate([request(imgs, e, prompt=p) for imgs, e, p in REQUESTS], greedy(), use_tqdm=False)
-    got = [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs]
-    assert got == stock_outputs
+    assert ids_of(outs) == stock_outputs
 
 
 def test_missing_expression_selects_by_cls_contribution(keep_all, tiny):

@@ -46,13 +46,28 @@ def post(port: int, path: str, body: dict, timeout: float = 120):
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
+def report_file(tmp_path_factory):
+    """The server's litelvlm.report_path (the per-request kept-index records)."""
+    return tmp_path_factory.mktemp("reports") / "kept.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory, report_file):
+    overrides = {"architectures": [ARCH], "litelvlm": {"clip": str(tiny.clip_dir), "num_retain": R,
+                                                       "report_path": str(report_file)}}
+    yield from serve(tiny.llava_dir, overrides, tmp_path_factory)
+
+
+def serve(model_dir, overrides: dict, tmp_path_factory, images: int = 2, extra_args: tuple = ()):
+    """Start the server on ``model_dir`` with ``overrides`` (--hf-overrides), yield its port, stop it by its PID
+    (a module fixture's body; other families' tests start theirs with it). ``images``: per prompt at most;
+    ``extra_args``: more server arguments (e.g. ``("--chat-template", ...)``)."""
     port = free_port()
-    overrides = {"architectures": [ARCH], "litelvlm": {"clip": str(tiny.clip_dir), "num_retain": R}}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny.llava_dir),
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "tiny", "--hf-overrides", json.dumps(overrides), "--dtype", "float32",
            "--max-model-len", "2048", "--enforce-eager", "--block-size", "32", "--limit-mm-per-prompt",
-           json.dumps({"image": 2}), "--trust-request-mm-kwargs", "--host", "127.0.0.1", "--port", str(port)]
+           json.dumps({"image": images}), "--trust-request-mm-kwargs", "--host", "127.0.0.1", "--port", str(port),
+           *extra_args]
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     with open(log, "wb") as out:
@@ -118,13 +133,22 @@ def test_chat_with_an_image_and_an_expression(server, tiny):
     ({"expression": "   "}, "mm_processor_kwargs.expression"),
     ({"expression": "the cat", "num_retain": 0}, "mm_processor_kwargs.num_retain"),
     ({"expression": "the cat", "num_retain": R + 1}, "mm_processor_kwargs.num_retain"),
+    ({"expression": "the cat", "report": 7}, "mm_processor_kwargs.report"),
 ])
 def test_bad_request_gets_400_naming_the_field_and_the_server_goes_on(server, kwargs, field):
-    code, resp = chat(server, image(21), kwargs)
+    resp = refused_then_served(server, image(21), kwargs, field)
+    assert len(resp["choices"][0]["token_ids"]) == N_NEW
+
+
+def refused_then_served(port: int, img, kwargs, field: str) -> dict:
+    """A chat request with ``kwargs`` gets a 400 naming ``field``; the same image with an expression is then served:
+    its response (every family's server test)."""
+    code, resp = chat(port, img, kwargs)
     assert code == 400, resp
     assert field in resp["error"]["message"]
-    code, resp = chat(server, image(21), {"expression": "the cat"})
-    assert code == 200 and len(resp["choices"][0]["token_ids"]) == N_NEW
+    code, resp = chat(port, img, {"expression": "the cat"})
+    assert code == 200, resp
+    return resp
 
 
 def test_prompt_text_matches_the_offline_prompt(server, tiny):
@@ -134,3 +158,19 @@ def test_prompt_text_matches_the_offline_prompt(server, tiny):
     ids = [t for t in resp["prompt_token_ids"] if t != tiny.image_token_id]
     want = [t for t in tiny.processor.tokenizer.encode(PROMPT) if t != tiny.image_token_id]
     assert ids == want
+
+
+def test_report_id_gets_the_kept_indices(server, tiny, report_file):
+    """A chat request with mm_processor_kwargs.report gets one JSON line in litelvlm.report_path: transformers' kept
+    indices for its image; a request without an id writes none."""
+    img = image(23)
+    for kwargs in ({"expression": "a red car", "report": "chat-1"}, {"expression": "the dog"}):
+        code, resp = chat(server, img, kwargs)
+        assert code == 200, resp
+    records = [json.loads(line) for line in report_file.read_text().splitlines()]
+    (rec,) = [r for r in records if r["id"] == "chat-1"]
+    assert all(r["id"] for r in records) and len(records) == 1
+    want = hf(tiny, img, ["a red car"], num_retain=R)
+    assert (rec["item"], rec["num_retain"], rec["num_tokens"]) == (0, R, R)
+    assert rec["views"][0]["indices"] == want["indices"][0].tolist()
+    assert rec["views"][0]["from_similarity"] == want["from_similarity"][0].tolist()

@@ -54,8 +54,10 @@ def vision_config() -> dict:
                 num_attention_heads=2, projection_dim=32)
 
 
-def llm_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def llm_tokenizer(newline: bool = False, video: bool = False):
+    """``newline``: also a "\\n" token (matched before the whitespace split; PaliGemma's prompts end with it);
+    ``video``: also the "<video>" placeholder (LLaVA-OneVision)."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
     specials = ["[PAD]", "<s>", "</s>", "[UNK]"]
     words = specials + LLM_WORDS + list(tl.WORDS) + [f"w{i}" for i in range(NUM_FILLERS)]
@@ -66,7 +68,11 @@ def llm_tokenizer():
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                                 unk_token="[UNK]", pad_token="[PAD]",
                                                 extra_special_tokens={"image_token": "<image>"})
-    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"] + ["<video>"] * video})
+    if video:
+        fast.video_token = "<video>"
+    if newline:
+        fast.add_tokens([AddedToken("\n", normalized=False, special=False)])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -76,15 +82,20 @@ def tiny_clip(clip_tok, seed: int = 0) -> transformers.CLIPModel:
     return tl.tiny_clip(clip_tok, seed, vision=vision_config(), text_width=64, text_heads=2)
 
 
-def tiny_llava(clip, llm_tok, seed: int = 1, llm_std: float = 0.3) -> transformers.LlavaForConditionalGeneration:
-    torch.manual_seed(seed)
-    image_token = llm_tok.convert_tokens_to_ids("<image>")
-    text = dict(model_type="llama", vocab_size=len(llm_tok), hidden_size=64, intermediate_size=128,
+def llama_text(llm_tok) -> dict:
+    """A 2-layer Llama of width 64 over ``llm_tok`` with heads of 32 (what vLLM's CPU attention runs)."""
+    return dict(model_type="llama", vocab_size=len(llm_tok), hidden_size=64, intermediate_size=128,
                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                 pad_token_id=llm_tok.pad_token_id, bos_token_id=llm_tok.bos_token_id,
                 eos_token_id=llm_tok.eos_token_id, tie_word_embeddings=False)
+
+
+def tiny_llava(clip, llm_tok, seed: int = 1, llm_std: float = 0.3) -> transformers.LlavaForConditionalGeneration:
+    torch.manual_seed(seed)
+    image_token = llm_tok.convert_tokens_to_ids("<image>")
     cfg = transformers.LlavaConfig(vision_config=dict(model_type="clip_vision_model", **vision_config()),
-                                   text_config=text, image_token_index=image_token, vision_feature_layer=-2,
+                                   text_config=llama_text(llm_tok), image_token_index=image_token,
+                                   vision_feature_layer=-2,
                                    vision_feature_select_strategy="default", projector_hidden_act="gelu",
                                    image_seq_length=M, tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
@@ -106,9 +117,34 @@ def hub_layout(state: dict) -> dict:
     return out
 
 
-def build(folder, *, llm_std: float = 0.3) -> Tiny:
+def save_lvlm(model, directory: Path, processor, architecture: str) -> None:
+    """Write ``model`` (fp32, hub key layout, stock ``architecture``), ``processor`` and a greedy generation config."""
     from safetensors.torch import save_file
 
+    model.config.architectures = [architecture]
+    model.config.dtype = "float32"
+    model.config.save_pretrained(directory)
+    # cloned: safetensors refuses tied (shared) tensors (PaliGemma's lm_head is its embedding)
+    state = {k: v.clone() for k, v in hub_layout(model.state_dict()).items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    processor.save_pretrained(directory)
+    (directory / "generation_config.json").write_text(json.dumps({"do_sample": False}))
+
+
+def write_tiny_clip(folder: Path, model_dir: str) -> tuple:
+    """``folder/clip``: examples/tiny_lvlm.py's CLIP (64 px, patch 8) and its tokenizer (vocabulary in
+    ``folder/clip_vocab``); ``folder/<model_dir>`` made empty. Returns (clip dir, model dir, clip, clip tokenizer)."""
+    clip_dir, model = folder / "clip", folder / model_dir
+    for d in (clip_dir, model, folder / "clip_vocab"):
+        d.mkdir(parents=True, exist_ok=True)
+    clip_tok = tl.clip_tokenizer(folder / "clip_vocab")
+    clip = tl.tiny_clip(clip_tok)
+    clip.save_pretrained(clip_dir)
+    clip_tok.save_pretrained(clip_dir)
+    return clip_dir, model, clip, clip_tok
+
+
+def build(folder, *, llm_std: float = 0.3) -> Tiny:
     folder = Path(folder)
     clip_dir, llava_dir = folder / "clip", folder / "llava"
     clip_dir.mkdir(parents=True, exist_ok=True)
@@ -121,17 +157,12 @@ def build(folder, *, llm_std: float = 0.3) -> Tiny:
 
     llm_tok = llm_tokenizer()
     llava = tiny_llava(clip, llm_tok, llm_std=llm_std)
-    llava.config.architectures = ["LlavaForConditionalGeneration"]
-    llava.config.dtype = "float32"
-    llava.config.save_pretrained(llava_dir)
-    save_file(hub_layout(llava.state_dict()), str(llava_dir / "model.safetensors"), metadata={"format": "pt"})
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": IMAGE},
                                                       crop_size={"height": IMAGE, "width": IMAGE})
     processor = transformers.LlavaProcessor(image_processor=image_processor, tokenizer=llm_tok, patch_size=PATCH,
                                             vision_feature_select_strategy="default", image_token="<image>",
                                             num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(llava_dir)
-    (llava_dir / "generation_config.json").write_text(json.dumps({"do_sample": False}))
+    save_lvlm(llava, llava_dir, processor, "LlavaForConditionalGeneration")
     processor = transformers.AutoProcessor.from_pretrained(llava_dir)
     return Tiny(folder, llava_dir, clip_dir, llava, clip, clip_tok, processor, llava.config.image_token_index)
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from . import checkpoint
-from .processing import field_names
+from .processing import extra_field_names, field_names
 from .selector import EngineSelector
 from .settings import CONFIG_KEY, settings_from_config
 
@@ -42,12 +42,36 @@ class ImageRows:
     num_texts: list  # per item T
     budgets: list    # per item num_retain
     counts: list     # per item: the placeholders the processor gave it
+    keys: list | None = None     # per item the key of the image alone (bytes; tower_cache.py), or None
+    reports: list | None = None  # per item (index in its request, report id) or None (report.py)
 
     @classmethod
     def of(cls, kwargs: dict, modality: str = "image") -> ImageRows:
+        from .report import decode
+        from .tower_cache import item_key
+
         text_key, meta_key = field_names(modality)
+        key_name, report_name = extra_field_names(modality)
         meta = [tuple(int(v) for v in m.tolist()) for m in _per_item(kwargs[meta_key])]
-        return cls(_per_item(kwargs[text_key]), [m[1] for m in meta], [m[0] for m in meta], [m[2] for m in meta])
+        keys = [item_key(k) for k in _per_item(kwargs[key_name])] if kwargs.get(key_name) is not None else None
+        reports = [decode(r) for r in _per_item(kwargs[report_name])] if kwargs.get(report_name) is not None \
+            else None
+        return cls(_per_item(kwargs[text_key]), [m[1] for m in meta], [m[0] for m in meta], [m[2] for m in meta],
+                   keys, reports)
+
+
+def pixel_input(model, kwargs: dict):
+    """vLLM's own parse of a model's image inputs (None without images); precomputed ``image_embeds`` are refused
+    by name (the selection reads the tower's own states)."""
+    if kwargs.get("image_embeds") is not None:
+        raise ValueError("image_embeds: LiteLVLM needs the images (it selects from the tower's own states)")
+    return model._parse_and_validate_image_input(**kwargs)
+
+
+def host_sizes(sizes) -> list:
+    """``image_sizes`` ((height, width) per image; a CPU-resident field: a tensor [N, 2] or a list of [2] tensors)
+    as host int pairs, read without a device sync."""
+    return [tuple(int(v) for v in s.tolist()) for s in sizes]
 
 
 def check_rows(built: list, counts: list) -> None:
@@ -56,6 +80,21 @@ def check_rows(built: list, counts: list) -> None:
     if list(built) != list(counts):
         raise RuntimeError(f"litelvlm: built {list(built)} visual rows for items with {list(counts)} placeholders "
                            "(the layout's count and its rows disagree: a bug)")
+
+
+def project_kept(layout, features, chosen: list, counts: list, project: Callable) -> tuple:
+    """Per image ``project`` (the family's projector) of its kept rows: ``layout.assemble`` of ``features``
+    [N, extra + M, C] at each image's ``chosen`` indices (``EngineSelector.select``), checked against the
+    placeholder ``counts``; one gather and one ``project`` call when every image keeps as many rows."""
+    import torch
+
+    indices = [idx for idx, _ in chosen]
+    sizes = [layout.extra + len(idx) for idx in indices]
+    check_rows(sizes, counts)
+    if len(set(sizes)) == 1:
+        return tuple(project(layout.assemble(features, torch.stack(indices))).unbind(0))
+    kept = [layout.assemble(features[i:i + 1], idx[None])[0] for i, idx in enumerate(indices)]
+    return torch.split(project(torch.cat(kept)), sizes)
 
 
 def load_scorer_weights(model, load_stock: Callable, weights: Iterable) -> set:

@@ -3,7 +3,9 @@
 vLLM calls every general plugin once in each process it starts (the API server, the engine core,
 every worker), so ``register`` must be cheap and idempotent: it registers the architecture lazily
 (``"module:Class"``: the model module, which imports vLLM's LLaVA, is imported only when a model of
-this architecture is resolved) and does nothing when the name is already registered to it.
+this architecture is resolved) and does nothing when the name is already registered to it. It also turns
+vLLM's multimodal pruning hook on for the Qwen models (``mrope_hook.enable``: wraps the model runners, which it
+imports; every engine process imports them anyway).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ def register() -> None:
     """Register every LiteLVLM architecture with vLLM's ModelRegistry (idempotent)."""
     from vllm import ModelRegistry
 
+    from . import mrope_hook
+
     for name, target in ARCHITECTURES.items():
         if not is_registered(name):
             ModelRegistry.register_model(name, target)
+    mrope_hook.enable()  # the Qwen models' pruning hook: vLLM's runners never turn it on for images
 
 
 def is_registered(name: str = "LiteLVLMLlavaForConditionalGeneration") -> bool:

@@ -17,7 +17,9 @@ keys, calls vLLM's own processing, then adds per item of each modality::
     <prefix>meta       [3]     int64   (num_retain, T, placeholders of the item)
 
 both kept on the CPU: the model reads the numbers and keys its fold cache by the ids' content without a
-device sync, and checks that it built exactly as many rows as the prompt has placeholders.
+device sync, and checks that it built exactly as many rows as the prompt has placeholders. Two more CPU fields
+per item: ``<prefix>key`` (the image alone, hashed on the host: the model's tower cache, ``tower_cache.py``)
+and ``<prefix>report`` (the request's report id and the item's index, ``report.py``).
 
 vLLM's multimodal hash (the key of its processor cache, encoder cache and, through the placeholder tokens,
 prefix cache) covers each item and the request's flat ``mm_processor_kwargs``, so the expression and budget
@@ -51,6 +53,21 @@ def field_names(modality: str) -> tuple:
     return f"{prefix}text_ids", f"{prefix}meta"
 
 
+def extra_field_names(modality: str) -> tuple:
+    """(the image key field, the report field) of a modality (``tower_cache.py``, ``report.py``)."""
+    prefix = FIELDS[modality]
+    return f"{prefix}key", f"{prefix}report"
+
+
+def refuse_embeddings(mm_items) -> None:
+    """Precomputed image embeddings cannot be pruned (the scorer reads the tower's own states): a named error."""
+    from vllm.multimodal.parse import ImageProcessorItems
+
+    if "image" in mm_items and not isinstance(mm_items["image"], ImageProcessorItems):
+        raise ValueError("image_embeds: LiteLVLM selects tokens from the vision tower's own states, so it needs "
+                         "the images themselves, not precomputed embeddings")
+
+
 class LiteLVLMInfoMixin:
     """On a family's ``ProcessingInfo``: the settings, the budget in effect, the scorer's tokenizer. A family
     implements ``kept_count(modality, size, num_retain)`` (its layout's count) and routes vLLM's count methods
@@ -70,12 +87,16 @@ class LiteLVLMInfoMixin:
         return (vc.image_size // vc.patch_size) ** 2
 
     def request_options(self, kwargs: Mapping[str, object]) -> RequestOptions:
+        self.check_engine_kwargs()
+        return request_options(self.settings(), kwargs, self.num_patches())
+
+    def check_engine_kwargs(self) -> None:
+        """The request keys may not be set for the whole engine: a ValueError naming them."""
         engine_level = self.ctx.get_mm_config().mm_processor_kwargs or {}
         clash = [k for k in REQUEST_KEYS if k in engine_level]
         if clash:  # vLLM would merge them outside the multimodal hash; they belong elsewhere
             raise ValueError(f"mm_processor_kwargs: {clash} set for the whole engine; set num_retain in the "
                              f"{CONFIG_KEY!r} settings (--hf-overrides) and the expression per request")
-        return request_options(self.settings(), kwargs, self.num_patches())
 
     def scorer_tokenizer(self):
         return checkpoint.tokenizer(self.settings().scorer)
@@ -106,8 +127,12 @@ class LiteLVLMProcessorMixin:
         finally:
             _BUDGET.reset(token)
 
+    # a family whose model writes the per-request records (report.py) sets this; the others refuse the key
+    litelvlm_reports = False
+
     def _apply_hf_processor_main(self, mm_items, hf_kwargs: Mapping[str, object]):
         opts = self.info.request_options(hf_kwargs)
+        report = self.litelvlm_report_id(hf_kwargs)
         out = super()._apply_hf_processor_main(mm_items, {k: v for k, v in hf_kwargs.items()
                                                           if k not in REQUEST_KEYS})
         ids = None
@@ -117,12 +142,40 @@ class LiteLVLMProcessorMixin:
                 continue
             if ids is None:
                 ids = self.info.tokenize(opts.expressions)
-            counts = self.info.item_counts(modality, mm_items, opts.num_retain)
+            counts = self.litelvlm_counts(modality, mm_items, opts, out)
             text_key, meta_key = field_names(modality)
             out[text_key] = ids.unsqueeze(0).repeat(n, 1, 1)
             out[meta_key] = torch.tensor([[opts.num_retain, len(opts.expressions), c] for c in counts],
                                          dtype=torch.int64)
+            self.litelvlm_item_fields(out, modality, mm_items, hf_kwargs, report)
         return out
+
+    def litelvlm_report_id(self, hf_kwargs: Mapping[str, object]):
+        """The request's report id (``settings.request_report``), refused by name where the family writes none."""
+        from .settings import REPORT_KEY, request_report
+
+        rid = request_report(self.info.settings(), hf_kwargs)
+        if rid is not None and not self.litelvlm_reports:
+            raise ValueError(f"mm_processor_kwargs.{REPORT_KEY}: this model family writes no kept-index records "
+                             "yet (docs/serving.md)")
+        return rid
+
+    def litelvlm_item_fields(self, out, modality: str, mm_items, hf_kwargs: Mapping[str, object], report) -> None:
+        """Per item: the key of the image alone (vLLM's hash of the item and the processor kwargs but ours) and the
+        report field, both CPU-resident."""
+        from .report import report_fields
+        from .tower_cache import image_keys
+
+        key_name, report_name = extra_field_names(modality)
+        algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
+        kwargs = {k: v for k, v in hf_kwargs.items() if k not in REQUEST_KEYS}
+        out[key_name] = image_keys(mm_items[modality].get_all_items_for_hash(), modality, kwargs, algorithm)
+        out[report_name] = report_fields(report, mm_items.get_count(modality, strict=False))
+
+    def litelvlm_counts(self, modality: str, mm_items, opts: RequestOptions, processed) -> list:
+        """The placeholders of each item: the info's ``item_counts``; a family whose count needs the processed
+        items (Qwen: the grid of each image) overrides this."""
+        return self.info.item_counts(modality, mm_items, opts.num_retain)
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs: Mapping[str, object]):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
@@ -131,7 +184,11 @@ class LiteLVLMProcessorMixin:
             if text_key in hf_inputs:
                 fields[text_key] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
                 fields[meta_key] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+            for name in extra_field_names(modality):
+                if name in hf_inputs:
+                    fields[name] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
         return fields
 
 
-__all__ = ["FIELDS", "LiteLVLMInfoMixin", "LiteLVLMProcessorMixin", "RequestOptions", "field_names"]
+__all__ = ["FIELDS", "LiteLVLMInfoMixin", "LiteLVLMProcessorMixin", "RequestOptions", "extra_field_names",
+           "field_names", "refuse_embeddings"]

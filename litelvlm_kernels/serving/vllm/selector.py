@@ -107,6 +107,21 @@ class EngineSelector(nn.Module):
 
     # ---- selection ----------------------------------------------------------------------------
 
+    def view_scores(self, hidden: torch.Tensor, end_state: torch.Tensor, cond: TextCondition,
+                    view_item: torch.Tensor) -> tuple:
+        """The scores of each view, for layouts that select over several views per item (``selection.views``):
+        s [V, T, M] (similarity to each folded text) and c [V, M] (contribution), fp32, and the texts per view
+        ([V], or None for one text group); ``hidden`` [V, M, Dv] the select-layer patch rows, ``end_state`` the
+        tower state the scorer continues from, ``view_item`` [V] the item (text group) of each view."""
+        from ...selection.capture import VisionCapture
+        from ...selection.views import contribution, view_similarity
+
+        s, num = view_similarity(self.scorer.ln_eps, hidden, cond, view_item)
+        parts = self.scorer.contribution_inputs(end_state)
+        c = contribution(VisionCapture(hidden=hidden, cls_hidden=None, **{
+            k: parts.get(k) for k in ("q_cls", "keys", "values", "contribution")}))
+        return s, c.to(s.device, s.dtype), num
+
     def select(self, hidden: torch.Tensor, end_state: torch.Tensor, cond: TextCondition, budgets: list) -> list:
         """Per row ``(indices [R'_i], from_similarity [R'_i])`` of ``hidden`` [N, M, Dv] (select-layer patch rows),
         ``end_state`` the tower state the scorer continues from; one fused call per distinct budget."""

@@ -22,6 +22,15 @@ Per request (``mm_processor_kwargs``; on the OpenAI-compatible server only with
   ``missing_expressions="cls"``.
 * ``num_retain``: an int in [1, the configured num_retain] (the memory profile is for the
   configured one, so a request may keep fewer tokens, never more).
+* ``retain_ratio``: Qwen2.5-VL / Qwen3-VL only (``qwen_vl.py``, which also gives ``num_retain`` its own
+  range there); refused by name for the other families.
+* ``report``: a str id (1-128 printable characters): the model appends one JSON line per selected image,
+  keyed by it, to ``litelvlm.report_path`` (``report.py``); refused without that setting, and by families
+  that write no records.
+
+Engine keys besides the selection's: ``tower_cache`` (images whose tower states are kept across
+expressions, default 32, 0 = off; ``tower_cache.py``), ``tower_batch`` (views per tower call, default the
+images stock vLLM encodes in one step) and ``report_path`` (a file the ``report`` records are appended to).
 
 Errors are ValueError / TypeError naming the field (``mm_processor_kwargs.expression``, ...); the
 server answers them with HTTP 400.
@@ -36,8 +45,12 @@ from typing import Any
 CONFIG_KEY = "litelvlm"
 EXPRESSION_KEY = "expression"
 NUM_RETAIN_KEY = "num_retain"
-REQUEST_KEYS = (EXPRESSION_KEY, NUM_RETAIN_KEY)
-_ENGINE_KEYS = ("scorer", "clip", "head_contribution")  # the rest: LiteLVLMSettings' fields, checked by its rules
+RETAIN_RATIO_KEY = "retain_ratio"  # Qwen2.5-VL / Qwen3-VL only (qwen_vl.py); refused by name elsewhere
+REPORT_KEY = "report"  # a request's id for its kept-index records (report.py)
+REQUEST_KEYS = (EXPRESSION_KEY, NUM_RETAIN_KEY, RETAIN_RATIO_KEY, REPORT_KEY)
+_ENGINE_KEYS = ("scorer", "clip", "head_contribution",  # the rest: LiteLVLMSettings' fields, checked by its rules
+                "tower_cache", "tower_batch", "report_path")
+TOWER_CACHE_DEFAULT = 32  # images (tower_cache.py: about 1.1 MiB each for LLaVA-1.5's ViT-L/14-336 in bf16)
 
 
 def _selection_keys() -> tuple:
@@ -54,6 +67,9 @@ class ServingSettings:
     scorer: str
     selection: Any
     head_contribution: str = "exact"
+    tower_cache: int = TOWER_CACHE_DEFAULT  # images (tower_cache.py)
+    tower_batch: int | None = None          # views per tower call; None: stock vLLM's encoder step
+    report_path: str | None = None          # where the per-request kept-index records go (report.py)
 
     def __getattr__(self, name: str):  # only for names not found: the selection settings' fields
         if name.startswith("__") or name == "selection":  # (copy / pickle probe an empty instance)
@@ -101,7 +117,41 @@ def settings_from_config(hf_config) -> ServingSettings:
     head = raw.get("head_contribution", "exact")
     if head not in ("exact", "heads"):
         raise ValueError(f"{CONFIG_KEY}.head_contribution must be 'exact' or 'heads', got {head!r}")
-    return ServingSettings(scorer=scorer, selection=selection, head_contribution=head)
+    return ServingSettings(scorer=scorer, selection=selection, head_contribution=head, **engine_extras(raw))
+
+
+def engine_extras(raw: Mapping) -> dict:
+    """``tower_cache``, ``tower_batch`` and ``report_path`` of the raw settings, checked (errors name the key)."""
+    out = {}
+    for key, low in (("tower_cache", 0), ("tower_batch", 1)):
+        v = raw.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{CONFIG_KEY}.{key}: expected an int >= {low}, got {v!r}")
+        out[key] = v
+    path = raw.get("report_path")
+    if path is not None:
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"{CONFIG_KEY}.report_path: expected a file path (str), got {path!r}")
+        out["report_path"] = path
+    return out
+
+
+def request_report(settings: ServingSettings, kwargs: Mapping[str, object] | None) -> str | None:
+    """The request's report id (``mm_processor_kwargs.report``), validated; None for none."""
+    rid = (kwargs or {}).get(REPORT_KEY)
+    if rid is None:
+        return None
+    name = f"mm_processor_kwargs.{REPORT_KEY}"
+    if not isinstance(rid, str):
+        raise TypeError(f"{name}: expected a str id, got {type(rid).__name__} ({rid!r})")
+    if not 1 <= len(rid) <= 128 or not rid.isprintable():
+        raise ValueError(f"{name}: expected 1 to 128 printable characters, got {rid!r}")
+    if settings.report_path is None:
+        raise ValueError(f"{name}: this engine writes no reports; start it with {CONFIG_KEY}.report_path set "
+                         "(the file the records are appended to)")
+    return rid
 
 
 def kept_per_image(settings: ServingSettings, num_patches: int, num_retain: int | None = None) -> int:
@@ -118,9 +168,10 @@ class RequestOptions:
 def request_options(settings: ServingSettings, kwargs: Mapping[str, object] | None,
                     num_patches: int) -> RequestOptions:
     """The request's expression(s) and budget from its ``mm_processor_kwargs``, validated."""
-    from ...selection.text import check_expression
-
     kwargs = kwargs or {}
+    if kwargs.get(RETAIN_RATIO_KEY) is not None:
+        raise ValueError(f"mm_processor_kwargs.{RETAIN_RATIO_KEY}: only Qwen2.5-VL / Qwen3-VL (whose token count "
+                         f"varies with the image size) take a ratio; pass {NUM_RETAIN_KEY} instead")
     r = kwargs.get(NUM_RETAIN_KEY, None)
     name = f"mm_processor_kwargs.{NUM_RETAIN_KEY}"
     if r is None:
@@ -130,6 +181,15 @@ def request_options(settings: ServingSettings, kwargs: Mapping[str, object] | No
     elif not 1 <= r <= settings.num_retain:
         raise ValueError(f"{name}={r} is out of range: expected 1 <= num_retain <= {settings.num_retain} "
                          "(the server's configured num_retain, which the memory profile is for)")
+    exprs = request_expressions(settings, kwargs)
+    check_texts_fit(settings, exprs, kept_per_image(settings, num_patches, r), num_patches)
+    return RequestOptions(expressions=exprs, num_retain=r)
+
+
+def request_expressions(settings: ServingSettings, kwargs: Mapping[str, object]) -> tuple:
+    """The request's expression(s) (``mm_processor_kwargs.expression``), validated; () for none."""
+    from ...selection.text import check_expression
+
     name = f"mm_processor_kwargs.{EXPRESSION_KEY}"
     e = kwargs.get(EXPRESSION_KEY, None)
     if e is None:
@@ -145,7 +205,13 @@ def request_options(settings: ServingSettings, kwargs: Mapping[str, object] | No
                          f"mm_processor_kwargs={{\"{EXPRESSION_KEY}\": \"the man on the left\"}} (the server needs "
                          "--trust-request-mm-kwargs), or start it with missing_expressions=\"cls\" for "
                          "[CLS]-only selection")
-    kept = kept_per_image(settings, num_patches, r)
+    return exprs
+
+
+def check_texts_fit(settings: ServingSettings, exprs: tuple, kept: int, num_patches: int) -> None:
+    """Each expression keeps at least one of an image's ``kept`` tokens (of ``num_patches``), and ``k_per_text``
+    must fit them: a ValueError naming ``mm_processor_kwargs.expression`` otherwise (before the engine runs)."""
+    name = f"mm_processor_kwargs.{EXPRESSION_KEY}"
     if len(exprs) > kept:
         raise ValueError(f"{name}: {len(exprs)} expressions for {kept} kept tokens per image; each expression "
                          "keeps at least one token, so pass at most num_retain expressions")
@@ -157,7 +223,6 @@ def request_options(settings: ServingSettings, kwargs: Mapping[str, object] | No
         if k * len(exprs) > kept * votes or (min_votes_of(settings.multi_text) == 0 and k > kept):
             raise ValueError(f"{name}: {len(exprs)} expressions x k_per_text={settings.k_per_text} do not fit "
                              f"{kept} kept tokens per image")
-    return RequestOptions(expressions=exprs, num_retain=r)
 
 
 def strip_request_keys(kwargs: Mapping[str, object]) -> dict:
