@@ -50,6 +50,7 @@ from .vllm_engine import (
     QUICK,
     TOWERS,
     _remove_timers,
+    add_engine_args,
     engine,
     have_vllm,
     in_process_env,
@@ -169,17 +170,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny tower + tiny LLM, fewer images: a smoke run")
     p.add_argument("--tower", choices=list(TOWERS))
     p.add_argument("--llm", choices=list(LLMS))
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    add_engine_args(p, "images per workload", micro_rounds=3)
     p.add_argument("--retain", type=int, nargs="+", default=[192, 128, 64], help="R (per view for LLaVA-NeXT)")
     p.add_argument("--workloads", nargs="+", choices=WORKLOAD_NAMES, default=list(WORKLOAD_NAMES))
     p.add_argument("--images", type=int, help="images per workload (default: 8 / 4 / 4; --quick 4 / 2 / 2)")
-    p.add_argument("--max-tokens", type=int, help="new tokens per request")
-    p.add_argument("--warmup", type=int, help="warm-up images per workload (other images)")
-    p.add_argument("--kv-gib", type=int, help="KV cache size in GiB (kv_cache_memory_bytes)")
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: vLLM's")
-    p.add_argument("--micro-rounds", type=int, default=3, help="rounds of the one-image image-path timing")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where built checkpoints are kept")
     p.add_argument("--probe", nargs="*", metavar="LLM", help="time one stock request per LLM preset and exit")
     p.add_argument("--name", default="vllm-serving", help="results file stem")

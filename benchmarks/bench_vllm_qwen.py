@@ -35,7 +35,17 @@ import torch
 
 from . import vllm_qwen_engine as qe
 from .common import device_slug, make_row, markdown_table, parse_run_args, write_rows
-from .vllm_engine import _remove_timers, engine, have_vllm, in_process_env, quantile, sampling, take_timers
+from .vllm_engine import (
+    _remove_timers,
+    add_engine_args,
+    engine,
+    have_vllm,
+    in_process_env,
+    quantile,
+    sampling,
+    take_timers,
+)
+from .vllm_rows import engines_line, load_line
 
 FULL = dict(tower="qwen2.5-vl", llm="qwen2-1.5b", scorer="vit-b-16", sizes=[224, 448, 672], retain=[64],
             requests=3, max_tokens=8, kv_gib=2, warmup=1, micro_rounds=2)
@@ -147,13 +157,11 @@ def markdown(rows, args, runtime_s: float, plot: str | None) -> str:
     scorer = [r for r in rows if r["op"] == "vllm_qwen_scorer"]
     r0 = serving[0]
     lines = [f"# Qwen2.5-VL in vLLM with the paired scorer on {r0['device']} (commit {r0['commit']})", "",
-             f"`{args.command}`: vLLM {r0['vllm']} (CPU), torch {r0['torch']}, {r0['dtype']}, eager, in-process "
-             f"engines one at a time. Random weights: Qwen2.5-VL's vision tower ({r0['tower_params_m']} M parameters) "
-             f"+ a {r0['shape']['llm']} LLM ({r0['llm_params_m']} M), paired with a CLIP {r0['shape']['scorer']} "
-             f"scorer ({r0['scorer_params_m']} M). Per size: {args.requests} requests at once (one square image each, "
-             f"{args.max_tokens} new tokens, greedy) after a warm-up; KV cache {args.kv_gib} GiB. Load average "
-             f"(2 cores, other jobs running): {min(r['load_before'] for r in serving):.1f} .. "
-             f"{max(r['load_after'] for r in serving):.1f}. Run: {runtime_s / 60:.1f} min.", "",
+             f"{engines_line(args, r0)}. Random weights: Qwen2.5-VL's vision tower ({r0['tower_params_m']} M "
+             f"parameters) + a {r0['shape']['llm']} LLM ({r0['llm_params_m']} M), paired with a CLIP "
+             f"{r0['shape']['scorer']} scorer ({r0['scorer_params_m']} M). Per size: {args.requests} requests at once "
+             f"(one square image each, {args.max_tokens} new tokens, greedy) after a warm-up; KV cache "
+             f"{args.kv_gib} GiB. {load_line(serving)} Run: {runtime_s / 60:.1f} min.", "",
              "| image | tokens N | R | stock req/s | LiteLVLM req/s | speed-up | scorer share of the encoder step "
              "(batch / one image) |", "|---|---|---|---|---|---|---|"]
     for size, n, r, st, lite, sp, share, b1 in summary(rows):
@@ -224,17 +232,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tower", choices=list(qe.TOWERS))
     p.add_argument("--llm", choices=list(qe.LLMS))
     p.add_argument("--scorer", choices=list(qe.SCORERS))
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    add_engine_args(p, "requests per engine and size")
     p.add_argument("--sizes", type=int, nargs="+", help="square image sides in pixels")
     p.add_argument("--retain", type=int, nargs="+", help="num_retain of each plugin engine")
     p.add_argument("--requests", type=int, help="requests submitted at once per engine and size")
-    p.add_argument("--max-tokens", type=int, help="new tokens per request")
-    p.add_argument("--warmup", type=int, help="warm-up requests per engine and size (other images)")
-    p.add_argument("--kv-gib", type=int, help="KV cache size in GiB")
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: vLLM's")
-    p.add_argument("--micro-rounds", type=int, help="rounds of the one-image timing")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--cache-dir", default=str(qe.CACHE_DIR), help="where built checkpoints are kept")
     p.add_argument("--name", default="vllm-qwen", help="results file stem")
     args, args.out = parse_run_args(p, argv, smoke_flag="--quick")

@@ -60,6 +60,18 @@ EXPRESSIONS = ["the man on the left", "a red car", "the cat in the tree", "the d
 # ------------------------------------------------------------------------------------------ imports
 
 
+def add_engine_args(p, what: str, micro_rounds: int | None = None) -> None:
+    """The engine options both vLLM benchmarks take (``what``: the unit a warm-up counts)."""
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--max-tokens", type=int, help="new tokens per request")
+    p.add_argument("--warmup", type=int, help=f"warm-up {what} (other images)")
+    p.add_argument("--kv-gib", type=int, help="KV cache size in GiB (kv_cache_memory_bytes)")
+    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: vLLM's")
+    p.add_argument("--micro-rounds", type=int, default=micro_rounds, help="rounds of the one-image timing")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
 def in_process_env(kv_gib: int) -> None:
     """Environment for in-process engines with an explicit KV cache of ``kv_gib`` GiB (left alone, vLLM's CPU
     backend takes 90% of the RAM)."""

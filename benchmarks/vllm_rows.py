@@ -164,17 +164,27 @@ def targets(rows) -> list:
 # --------------------------------------------------------------------------------------------- markdown
 
 
+def engines_line(args, r0: dict) -> str:
+    """How the engines ran (both vLLM benchmarks' tables start with it)."""
+    return (f"`{args.command}`: vLLM {r0['vllm']} (CPU), torch {r0['torch']}, {r0['dtype']}, eager, in-process "
+            "engines one at a time")
+
+
+def load_line(serving: list) -> str:
+    """The load average over the timed runs (other jobs on the 2 cores show in it)."""
+    return (f"Load average (2 cores, other jobs running): {min(r['load_before'] for r in serving):.1f} .. "
+            f"{max(r['load_after'] for r in serving):.1f}.")
+
+
 def markdown(rows: list, args, runtime_s: float) -> str:
     serving = [r for r in rows if r["op"] == "vllm_serving"]
     enc = [r for r in rows if r["op"] == "vllm_encoder"]
     r0 = serving[0]
     lines = [f"# vLLM serving on {r0['device']} (commit {r0['commit']})", "",
-             f"`{args.command}`: vLLM {r0['vllm']} (CPU), torch {r0['torch']}, {r0['dtype']}, eager, in-process "
-             f"engines one at a time, prefix caching on. Model: random weights, CLIP {r0['shape']['tower']} tower "
+             f"{engines_line(args, r0)}, prefix caching on. Model: random weights, CLIP {r0['shape']['tower']} tower "
              f"({r0['tower_params_m']} M parameters) + {r0['shape']['llm']} LLM ({r0['llm_params_m']} M "
              f"parameters). Each workload's requests (one image each, {args.max_tokens} new tokens, greedy) "
-             f"submitted at once after a warm-up; KV cache {args.kv_gib} GiB. Load average (2 cores, other jobs "
-             f"running): {min(r['load_before'] for r in serving):.1f} .. {max(r['load_after'] for r in serving):.1f}."
+             f"submitted at once after a warm-up; KV cache {args.kv_gib} GiB. {load_line(serving)}"
              f" Full run: {runtime_s / 60:.1f} min.", "",
              "Workloads: `llava-1.5 1q` one question per 336 px image; `llava-1.5 3q` three questions per image "
              "(stock encodes the image once and reuses its KV; the plugin's tower runs once per image); "

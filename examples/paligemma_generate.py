@@ -67,9 +67,7 @@ def main(argv=None) -> dict:
     exprs = [["the man on the left"], ["a red car", "the cup"]]
     out = er.demo(model, siglip, tok, inputs, exprs, num_retain=args.retain, new_tokens=args.new_tokens,
                   repeat=args.repeat, full_size=("gemma-2b", 256))
-    L = inputs["input_ids"].shape[1]
-    changed = not torch.equal(out["pruned_ids"][:, L:], out["stock_ids"][:, L:])
-    print(f"pruning changes the generated ids: {changed}")
+    changed = out["pruning_changes_ids"]
     other = [["the sky"], ["a dog", "the tree"]]
     with torch.no_grad(), enable_litelvlm(model, siglip, tok, num_retain=args.retain) as patch:
         other_ids = model.generate(**inputs, referring_expressions=other, max_new_tokens=args.new_tokens,
@@ -79,7 +77,7 @@ def main(argv=None) -> dict:
     other_kept = [sorted(v[0]["indices"].tolist()) for v in other_report["image"]["views"]]
     for name, e, k in (("", exprs, kept), ("other ", other, other_kept)):
         print(f"{name}expressions {e}: image 0 keeps tokens {k[0]}")
-    print("new tokens, other expressions:", other_ids[:, L:].tolist())
+    print("new tokens, other expressions:", other_ids[:, inputs["input_ids"].shape[1]:].tolist())
     print(f"other expressions keep other tokens: {kept != other_kept}; and give other ids: "
           f"{not torch.equal(other_ids, out['pruned_ids'])}")
     return dict(out, other_ids=other_ids, other_report=other_report, kept=kept, other_kept=other_kept,

@@ -52,6 +52,8 @@ def cfg(**litelvlm):
     (cfg(clip="/x", order="random"), ValueError, r"litelvlm\.order"),
     (cfg(clip="/x", missing_expressions="skip"), ValueError, r"litelvlm\.missing_expressions"),
     (cfg(clip="/x", multi_text="most"), ValueError, r"litelvlm\.multi_text"),
+    (cfg(clip="/x", retain_ratio=0.5), ValueError, r"litelvlm\.retain_ratio: a paired scorer's setting"),
+    (cfg(clip="/x", scorer_max_patches=64), ValueError, r"litelvlm\.scorer_max_patches: a paired scorer's"),
 ])
 def test_bad_settings_name_the_key(config, err, match):
     with pytest.raises(err, match=match):

@@ -57,7 +57,7 @@ def qwen_settings(hf_config):
     if NUM_RETAIN_KEY in raw and raw.get(RETAIN_RATIO_KEY) is not None:
         raise ValueError(f"{CONFIG_KEY}.{NUM_RETAIN_KEY} / {RETAIN_RATIO_KEY}: give one of them (a count per image, "
                          "or a share of each image's tokens)")
-    return settings_from_config(hf_config)
+    return settings_from_config(hf_config, paired=True)
 
 
 @dataclasses.dataclass(frozen=True)

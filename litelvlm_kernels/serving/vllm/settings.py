@@ -81,8 +81,13 @@ class ServingSettings:
         return self.scorer
 
 
-def settings_from_config(hf_config) -> ServingSettings:
-    """The validated ``litelvlm`` settings of a LLaVA config (ValueError / TypeError naming the key)."""
+# a paired scorer's settings (Qwen2.5-VL / Qwen3-VL, qwen_vl.py): a family whose scorer is its own tower refuses them
+PAIRED_KEYS = ("retain_ratio", "scorer_min_patches", "scorer_max_patches")
+
+
+def settings_from_config(hf_config, paired: bool = False) -> ServingSettings:
+    """The validated ``litelvlm`` settings of a model config (ValueError / TypeError naming the key); ``paired``:
+    the family selects with a paired scorer (``PAIRED_KEYS`` allowed)."""
     from ...selection.settings import LiteLVLMSettings
 
     raw = getattr(hf_config, CONFIG_KEY, None)
@@ -97,6 +102,10 @@ def settings_from_config(hf_config) -> ServingSettings:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ValueError(f"{CONFIG_KEY}: unknown settings {unknown}; known: {list(known)}")
+    paired_only = sorted(k for k in PAIRED_KEYS if raw.get(k) is not None) if not paired else []
+    if paired_only:
+        raise ValueError(f"{CONFIG_KEY}.{paired_only[0]}: a paired scorer's setting (Qwen2.5-VL / Qwen3-VL, whose "
+                         f"token count varies with the image); this family keeps num_retain tokens per image or view")
     if "clip" in raw and "scorer" in raw:
         raise ValueError(f"{CONFIG_KEY}: give the checkpoint once, as scorer (clip is its old name)")
     scorer = raw.get("scorer", raw.get("clip"))
