@@ -49,9 +49,11 @@ publish-bench: install
 	$(PYTHON) -m benchmarks.bench_map_head --threads 1 --rounds 5 --publish
 	$(PYTHON) -m benchmarks.report --publish
 
-# PUBLISHES: the vLLM serving rows (benchmarks/results/vllm-serving-cpu.*, the README's serving table), then the report
+# PUBLISHES: the vLLM serving rows (benchmarks/results/vllm-serving-cpu.* and vllm-qwen-cpu.*, the README's serving
+# tables; about 25 min on a quiet 2-core machine), then the report
 publish-bench-vllm:
 	.venv-vllm/bin/python -m benchmarks.bench_vllm --publish
+	OMP_NUM_THREADS=1 .venv-vllm/bin/python -m benchmarks.bench_vllm_qwen --publish
 	$(PYTHON) -m benchmarks.report --publish
 
 clean:

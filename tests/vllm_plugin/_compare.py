@@ -152,3 +152,15 @@ def check_two_expressions(llm, tiny, images: tuple, a: str, b: str, r: int, **hf
     check_same(out_b, want[b], rec_b, r)
     assert out_b.num_cached_tokens <= list(out_b.prompt_token_ids).index(tiny.image_token_id)
     assert list(out_a2.outputs[0].token_ids) == want[a]["tokens"] and out_a2.num_cached_tokens > 0
+
+
+def read_records(path) -> list:
+    """The kept-index records (``litelvlm.report_path``, one JSON line each) written so far."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def records_by_id(path) -> dict:
+    """{(report id, item index in its request): record} of the records written so far."""
+    return {(r["id"], r["item"]): r for r in read_records(path)}

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _compare import PROMPT, PROMPT_2, check_same, greedy, hf, recorded, request, start_recording
+from _compare import PROMPT, PROMPT_2, check_same, greedy, hf, recorded, records_by_id, request, start_recording
 from conftest import close_llm
 from test_vllm_server import chat, serve
 from tiny_llava import image
 from tiny_siglip_lvlm import ARCH, IMAGES_PER_PROMPT, TEXT_ONLY_TEMPLATE, M, PaliGemmaCausalInputs, build, engine_kwargs
 
 # what a family's test module imports with *: the fixtures and the tests
-__all__ = ["llm", "lvlm", "server", "stock_outputs",  # the tests in the order they are written
+__all__ = ["llm", "lvlm", "reports", "server", "stock_outputs",  # the tests in the order they are written
            "test_count_is_min_r_m_for_any_size_and_the_profile", "test_keep_all_equals_stock_vllm",
            "test_a_batch_of_images_expressions_and_budgets_equals_transformers",
            "test_one_image_two_expressions_in_one_batch_and_across_requests",
@@ -51,9 +51,9 @@ def want(tiny, family: str, images: list, e, r: int) -> dict:
     return hf(tiny, images, exprs(e), prompt=prompt_of(family, len(images)), processor=inputs, num_retain=r)
 
 
-def ask(family: str, images: list, e, r: int | None = None) -> dict:
+def ask(family: str, images: list, e, r: int | None = None, **extra) -> dict:
     kw = {} if r is None else {"num_retain": r}
-    return request(images, e, prompt=prompt_of(family, len(images)), **kw)
+    return request(images, e, prompt=prompt_of(family, len(images)), **kw, **extra)
 
 
 def processor_of(tiny, family: str, stock: bool = False, **litelvlm):
@@ -98,8 +98,13 @@ def stock_outputs(lvlm, family):
 
 
 @pytest.fixture(scope="module")
-def llm(lvlm, family, stock_outputs):  # after the stock engine is gone; R = M, requests ask for less
-    engine = make_llm(lvlm, family, num_retain=M, missing_expressions="cls")
+def reports(tmp_path_factory, family):
+    return tmp_path_factory.mktemp(f"{family}_reports") / "kept.jsonl"
+
+
+@pytest.fixture(scope="module")
+def llm(lvlm, family, stock_outputs, reports):  # after the stock engine is gone; R = M, requests ask for less
+    engine = make_llm(lvlm, family, num_retain=M, missing_expressions="cls", report_path=str(reports))
     yield engine
     close_llm(engine)
 
@@ -137,19 +142,30 @@ def test_keep_all_equals_stock_vllm(llm, family, stock_outputs):
     assert [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs] == stock_outputs
 
 
-def test_a_batch_of_images_expressions_and_budgets_equals_transformers(llm, lvlm, family):
+def test_a_batch_of_images_expressions_and_budgets_equals_transformers(llm, lvlm, family, reports):
     cases = [([image(20)], "the cat", 16), ([image(21, size=(500, 300))], ["a red car", "the sky"], 16),
              ([image(22)], "the man on the left", 40), ([image(23)], ["the dog", "the tree in the sky"], 8),
              ([image(20)], "a red car", 16)]  # the first image again, another expression
     if IMAGES_PER_PROMPT[family] > 1:
         cases.append(([image(24), image(25, size=(90, 300))], ["the cup", "the ball"], 40))
     start_recording(llm)
-    outs = llm.generate([ask(family, i, e, r) for i, e, r in cases], greedy(), use_tqdm=False)
-    rec = recorded(llm)
+    # every request but the last asks for its kept-index records (report.py)
+    outs = llm.generate([ask(family, i, e, r, **({"report": f"{family}-{n}"} if n < len(cases) - 1 else {}))
+                         for n, (i, e, r) in enumerate(cases)], greedy(), use_tqdm=False)
+    rec, records = recorded(llm), records_by_id(reports)
     assert len(rec) == sum(len(i) for i, _, _ in cases)  # one selection per image: none reused another's
-    for (images, e, r), out in zip(cases, outs):
+    assert sorted(records) == sorted((f"{family}-{n}", k) for n, (i, _, _) in enumerate(cases[:-1])
+                                     for k in range(len(i)))
+    side = int(M ** 0.5)
+    for n, ((images, e, r), out) in enumerate(zip(cases, outs)):
         expected = want(lvlm, family, images, e, r)
         check_same(out, expected, rec, r)
+        for k in range(len(images) if n < len(cases) - 1 else 0):  # the record: transformers' kept indices
+            x = records[(f"{family}-{n}", k)]
+            assert (x["num_retain"], x["num_tokens"], len(x["views"])) == (r, min(r, M), 1)
+            assert x["views"][0]["grid"] == [side, side]
+            assert x["views"][0]["indices"] == expected["indices"][k].tolist()
+            assert x["views"][0]["from_similarity"] == expected["from_similarity"][k].tolist()
         assert expected["kept"] == [min(r, M)] * len(images)
         assert len(out.prompt_token_ids) == expected["text_len"] + len(images) * min(r, M)
         assert sum(t == lvlm.image_token_id for t in out.prompt_token_ids) == len(images) * min(r, M)

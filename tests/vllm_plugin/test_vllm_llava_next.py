@@ -30,7 +30,7 @@ from _compare import (
     request,
 )
 from conftest import close_llm, engine_kwargs, running
-from test_vllm_server import refused_then_served, serve
+from test_vllm_server import BAD_REQUESTS, check_refused_then_served, serve
 from tiny_llava import image
 from tiny_llava_next import ARCH, PINPOINTS, VIEW, M, build
 
@@ -221,13 +221,6 @@ def server(tiny, tmp_path_factory):
                                                                             "num_retain": 16}}, tmp_path_factory)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (None, "mm_processor_kwargs.expression"),
-    ({"expression": ["the cat", 7]}, "mm_processor_kwargs.expression[1]"),
-    ({"expression": "the cat", "num_retain": 17}, "mm_processor_kwargs.num_retain"),
-])
+@pytest.mark.parametrize("kwargs,field", BAD_REQUESTS)
 def test_server_answers_400_naming_the_field_and_goes_on(server, tiny, kwargs, field):
-    im = img("2x1", 50)
-    resp = refused_then_served(server, im, kwargs, field)
-    want = hf(tiny, [im], ["the cat"], num_retain=16, image_newline="all")
-    assert resp["prompt_token_ids"] == want["prompt_ids"] and resp["choices"][0]["token_ids"] == want["tokens"]
+    check_refused_then_served(server, tiny, img("2x1", 50), kwargs, field, num_retain=16, image_newline="all")

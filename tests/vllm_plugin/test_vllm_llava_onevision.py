@@ -33,7 +33,7 @@ from _compare import (
     request,
 )
 from conftest import close_llm
-from test_vllm_server import refused_then_served, serve
+from test_vllm_server import BAD_REQUESTS, check_refused_then_served, serve
 from tiny_llava import image
 from tiny_onevision import ARCH, M, build, engine_kwargs, video
 
@@ -284,13 +284,6 @@ def server(tiny, tmp_path_factory):
     yield from serve(tiny.llava_dir, overrides, tmp_path_factory)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (None, "mm_processor_kwargs.expression"),
-    ({"expression": ["the cat", 7]}, "mm_processor_kwargs.expression[1]"),
-    ({"expression": "the cat", "num_retain": 17}, "mm_processor_kwargs.num_retain"),
-])
+@pytest.mark.parametrize("kwargs,field", BAD_REQUESTS)
 def test_server_answers_400_naming_the_field_and_goes_on(server, tiny, kwargs, field):
-    im = img("4x4 cropped", 60)
-    resp = refused_then_served(server, im, kwargs, field)
-    want = hf(tiny, [im], ["the cat"], num_retain=16, image_newline="all")
-    assert resp["prompt_token_ids"] == want["prompt_ids"] and resp["choices"][0]["token_ids"] == want["tokens"]
+    check_refused_then_served(server, tiny, img("4x4 cropped", 60), kwargs, field, num_retain=16, image_newline="all")

@@ -20,7 +20,7 @@ import math
 
 import pytest
 import torch
-from _compare import generate_once, generate_recorded, greedy, hf, request
+from _compare import generate_once, generate_recorded, greedy, hf, records_by_id, request
 from conftest import close_llm
 from test_vllm_server import chat, serve
 from tiny_llava import image
@@ -62,8 +62,13 @@ def stock_outputs(qwen, family):
 
 
 @pytest.fixture(scope="module")
-def llm(qwen, family, stock_outputs):  # after the stock engine is gone
-    engine = make_llm(qwen, family, num_retain=R)
+def reports(family, tmp_path_factory):
+    return tmp_path_factory.mktemp(f"{family}_reports") / "kept.jsonl"
+
+
+@pytest.fixture(scope="module")
+def llm(qwen, family, stock_outputs, reports):  # after the stock engine is gone
+    engine = make_llm(qwen, family, num_retain=R, report_path=str(reports))
     yield engine
     close_llm(engine)
 
@@ -92,22 +97,31 @@ def test_keep_all_equals_stock_vllm(llm, stock_outputs):
     assert [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs] == stock_outputs
 
 
-def test_a_batch_equals_transformers_and_prompts_are_text_plus_kept(llm, qwen):
+def test_a_batch_equals_transformers_and_prompts_are_text_plus_kept(llm, qwen, reports):
     cases = [([image(10, WIDE)], "the cat", P1, {}),
              ([image(11, TALL), image(12, SQUARE)], ["a red car", "the man on the left"], P2, {"num_retain": 3}),
              ([image(13, SQUARE)], "the dog", P1, {"retain_ratio": 0.3}),
              ([image(10, WIDE)], "a red car", P1, {})]  # the first image again, another expression
-    outs, rec = generate_recorded(llm, [request(i, e, prompt=p, **b) for i, e, p, b in cases])
+    # each request asks for its kept-index records (report.py): the record is transformers' kept indices
+    outs, rec = generate_recorded(llm, [request(i, e, prompt=p, report=f"batch-{n}", **b)
+                                        for n, (i, e, p, b) in enumerate(cases)])
+    records = records_by_id(reports)
     assert len(rec) == sum(len(i) for i, *_ in cases)  # one selection per image: none reused another's
     wants = [hf(qwen, i, exprs(e), prompt=p, **(b or {"num_retain": R})) for i, e, p, b in cases]
     assert not torch.equal(wants[0]["indices"][0], wants[3]["indices"][0])  # same image, other expression
-    for (images, _, prompt, budget), out, want in zip(cases, outs, wants):
+    for n, ((images, _, prompt, budget), out, want) in enumerate(zip(cases, outs, wants)):
         check_same(out, want, rec)
         grids = qwen.processor(images=images, text=prompt, return_tensors="pt")["image_grid_thw"]
         kept = [kept_rule(int(g.prod()) // 4, budget) for g in grids]
         assert want["kept"] == kept and all(k < int(g.prod()) // 4 for k, g in zip(kept, grids))
         assert len(out.prompt_token_ids) == want["text_len"] + sum(kept)
         assert sum(t == qwen.image_token_id for t in out.prompt_token_ids) == sum(kept)
+        for k, g in enumerate(grids.tolist()):
+            x = records[(f"batch-{n}", k)]
+            assert (x["num_tokens"], x["num_retain"]) == (kept[k], budget.get("num_retain", kept[k] if budget else R))
+            assert x["views"][0]["grid"] == [g[1] // 2, g[2] // 2]
+            assert x["views"][0]["indices"] == want["indices"][k].tolist()
+            assert x["views"][0]["from_similarity"] == want["from_similarity"][k].tolist()
 
 
 def record_hook(llm) -> None:

@@ -151,6 +151,24 @@ def refused_then_served(port: int, img, kwargs, field: str) -> dict:
     return resp
 
 
+# the bad requests every multi-view family's server test sends (its server keeps num_retain = 16)
+BAD_REQUESTS = [
+    (None, "mm_processor_kwargs.expression"),
+    ({"expression": ["the cat", 7]}, "mm_processor_kwargs.expression[1]"),
+    ({"expression": "the cat", "num_retain": 17}, "mm_processor_kwargs.num_retain"),
+]
+
+
+def check_refused_then_served(port: int, tiny, img, kwargs, field: str, **settings) -> None:
+    """``refused_then_served``, and the served response equals ``enable_litelvlm`` with ``settings`` (greedy ids and
+    prompt ids) for "the cat"."""
+    from _compare import hf
+
+    resp = refused_then_served(port, img, kwargs, field)
+    want = hf(tiny, [img], ["the cat"], **settings)
+    assert resp["prompt_token_ids"] == want["prompt_ids"] and resp["choices"][0]["token_ids"] == want["tokens"]
+
+
 def test_prompt_text_matches_the_offline_prompt(server, tiny):
     """The tiny chat template renders the chat request as _compare.PROMPT (so the comparisons above hold)."""
     code, resp = chat(server, image(22), {"expression": "the cat"})

@@ -8,11 +8,9 @@ index. The server side of the records is in ``test_vllm_server.py``.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from _compare import PROMPT, PROMPT_2, check_same, generate_recorded, greedy, hf, request
+from _compare import PROMPT, PROMPT_2, check_same, generate_recorded, greedy, hf, read_records, request
 from conftest import close_llm, engine_kwargs, make_llm
 from tiny_llava import image
 
@@ -51,10 +49,6 @@ def tower_calls(llm) -> list:
         calls.clear()
         return out
     return llm.apply_model(take)[0]
-
-
-def read_records(path) -> list:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 # ---- the tower cache, without an engine -------------------------------------------------------------------------

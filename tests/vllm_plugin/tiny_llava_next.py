@@ -31,14 +31,7 @@ STOCK_ARCH = "LlavaNextForConditionalGeneration"
 
 def build(folder, *, llm_std: float = 0.3) -> tiny_llava.Tiny:
     folder = Path(folder)
-    clip_dir, next_dir = folder / "clip", folder / "llava_next"
-    for d in (clip_dir, next_dir, folder / "clip_vocab"):
-        d.mkdir(parents=True, exist_ok=True)
-    clip_tok = tl.clip_tokenizer(folder / "clip_vocab")
-    clip = tl.tiny_clip(clip_tok)
-    clip.save_pretrained(clip_dir)
-    clip_tok.save_pretrained(clip_dir)
-
+    clip_dir, next_dir, clip, clip_tok = tiny_llava.write_tiny_clip(folder, "llava_next")
     llm_tok = tiny_llava.llm_tokenizer()
     image_token = llm_tok.convert_tokens_to_ids("<image>")
     model = tl.tiny_lvlm("llava_next", clip, llm_std=llm_std, text=tiny_llava.llama_text(llm_tok),

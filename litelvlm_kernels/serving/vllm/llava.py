@@ -37,7 +37,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from ...selection.kinds import is_siglip_config
 from ...selection.layouts.single import Single
 from .engine import ImageRows, load_scorer_weights, pixel_input, project_kept, scorer_selector
-from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin, refuse_embeddings
+from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin
 from .report import write_records
 from .settings import CONFIG_KEY
 from .tower_cache import tower_cache_for
@@ -89,10 +89,6 @@ class LiteLVLMLlavaMultiModalProcessor(LiteLVLMProcessorMixin, LlavaMultiModalPr
     """Emits R' placeholders per image and the per-image text fields (``processing.py``)."""
 
     litelvlm_reports = True  # the model writes the per-request records (report.py)
-
-    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        refuse_embeddings(mm_items)
-        return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
 
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMLlavaMultiModalProcessor, info=LiteLVLMLlavaProcessingInfo,

@@ -36,7 +36,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from ...selection.kinds import is_siglip_config
 from ...selection.layouts.single import Single
 from .engine import ImageRows, load_scorer_weights, pixel_input, project_kept, scorer_selector
-from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin, refuse_embeddings
+from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin
+from .report import write_records
 
 
 def paligemma_layout(config) -> Single:
@@ -71,9 +72,7 @@ class LiteLVLMPaliGemmaDummyInputsBuilder(PaliGemmaDummyInputsBuilder):
 class LiteLVLMPaliGemmaMultiModalProcessor(LiteLVLMProcessorMixin, PaliGemmaMultiModalProcessor):
     """Inserts R' placeholders (+ <bos>) per image and adds the per-image text fields (``processing.py``)."""
 
-    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        refuse_embeddings(mm_items)
-        return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+    litelvlm_reports = True  # the model writes the per-request records (report.py)
 
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMPaliGemmaMultiModalProcessor, info=LiteLVLMPaliGemmaProcessingInfo,
@@ -104,6 +103,9 @@ class LiteLVLMPaliGemmaForConditionalGeneration(PaliGemmaForConditionalGeneratio
         rows = ImageRows.of(kwargs)
         cond = self.litelvlm.fold(rows.text_ids, rows.num_texts)
         chosen = self.litelvlm.select(h, h, cond, rows.budgets)
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        write_records(self.litelvlm_settings.report_path, rows.reports, [[c] for c in chosen], rows.budgets,
+                      rows.counts, [[(side, side)]] * len(chosen))
         return project_kept(self.litelvlm_layout, h, chosen, rows.counts,
                             lambda kept: self.multi_modal_projector(vt.post_layernorm(kept)))
 

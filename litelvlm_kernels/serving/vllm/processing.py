@@ -130,6 +130,10 @@ class LiteLVLMProcessorMixin:
     # a family whose model writes the per-request records (report.py) sets this; the others refuse the key
     litelvlm_reports = False
 
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        refuse_embeddings(mm_items)  # every family selects from the tower's own states: it needs the images
+        return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+
     def _apply_hf_processor_main(self, mm_items, hf_kwargs: Mapping[str, object]):
         opts = self.info.request_options(hf_kwargs)
         report = self.litelvlm_report_id(hf_kwargs)

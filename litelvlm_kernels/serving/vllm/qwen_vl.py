@@ -36,6 +36,7 @@ from . import checkpoint
 from .engine import ImageRows, check_rows, load_scorer_weights
 from .paired import PairedSelector
 from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin, field_names, refuse_embeddings
+from .report import write_records
 from .settings import (
     CONFIG_KEY,
     NUM_RETAIN_KEY,
@@ -185,6 +186,8 @@ class QwenInfoMixin(LiteLVLMInfoMixin):
 class QwenProcessorMixin(LiteLVLMProcessorMixin):
     """On a Qwen ``MultiModalProcessor``: R' image tokens per image (``litelvlm_meta``), videos refused."""
 
+    litelvlm_reports = True  # the model writes the per-request records (report.py)
+
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         refuse_embeddings(mm_items)
         if mm_items.get_count("video", strict=False):
@@ -248,6 +251,10 @@ class QwenModelMixin:
                                              rows.counts)
         check_rows([len(idx) for idx, _ in chosen], rows.counts)
         merge = self.config.vision_config.spatial_merge_size
+        # num_retain 0 in the meta is a ratio request: its record's budget is the R' it gave
+        write_records(self.litelvlm_settings.report_path, rows.reports, [[c] for c in chosen],
+                      [r or n for r, n in zip(rows.budgets, rows.counts)], rows.counts,
+                      [[merged_grid(thw, merge)[1:]] for thw in grids])
         return tuple(torch.cat([f[idx.to(f.device)], position_channels(idx, thw[2] // merge).to(f.device, f.dtype)], 1)
                      for f, thw, (idx, _) in zip(feats, grids, chosen))
 
