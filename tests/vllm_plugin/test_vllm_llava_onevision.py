@@ -29,6 +29,7 @@ from _compare import (
     greedy,
     hf,
     ids_of,
+    records_by_id,
     refused_configs,
     request,
 )
@@ -193,8 +194,13 @@ def stock_outputs(tiny):
 
 
 @pytest.fixture(scope="module")
-def llm(tiny, stock_outputs):  # after the stock engine is gone; R = M, requests ask for less
-    engine = make_llm(tiny, num_retain=M)
+def reports(tmp_path_factory):
+    return tmp_path_factory.mktemp("onevision_reports") / "kept.jsonl"
+
+
+@pytest.fixture(scope="module")
+def llm(tiny, stock_outputs, reports):  # after the stock engine is gone; R = M, requests ask for less
+    engine = make_llm(tiny, num_retain=M, report_path=str(reports))
     yield engine
     close_llm(engine)
 
@@ -203,19 +209,29 @@ def test_keep_all_equals_stock_vllm(llm, stock_outputs):
     assert ids_of(llm.generate(KEEP_ALL, greedy(), use_tqdm=False)) == stock_outputs
 
 
-def test_a_batch_of_images_expressions_and_budgets_equals_transformers(llm, tiny):
+def test_a_batch_of_images_expressions_and_budgets_equals_transformers(llm, tiny, reports):
     """Every tile grid (the 4 x 4 ones downsampled), 1 and 2 images per prompt, T = 1 and 2, R = 8 and 20."""
     cases = [([img("1x2", 20)], "the cat", 8, PROMPT), ([img("4x4", 21)], ["a red car", "the sky"], 20, PROMPT),
              ([img("4x4 cropped", 22), img("sliver", 23)], "the man on the left", 8, PROMPT_2),
              ([img("2x2", 24)], ["the dog", "the tree"], 20, PROMPT)]
-    outs, rec = generate_recorded(llm, [request(i, e, prompt=p, num_retain=r) for i, e, r, p in cases])
+    # each request asks for its kept-index records (report.py): per view, transformers' kept indices
+    outs, rec = generate_recorded(llm, [request(i, e, prompt=p, num_retain=r, report=f"img-{n}")
+                                        for n, (i, e, r, p) in enumerate(cases)])
+    records = records_by_id(reports)
     views = 0
-    for (images, e, r, p), out in zip(cases, outs):
+    for n, ((images, e, r, p), out) in enumerate(zip(cases, outs)):
         want = hf(tiny, images, [e] if isinstance(e, str) else e, prompt=p, num_retain=r, image_newline="all")
         check_same(out, want, rec, r)
         # the engine's prompt: its text + each image's count (the rows transformers built)
         assert len(out.prompt_token_ids) == want["text_len"] + sum(want["kept"])
         assert sum(t == tiny.image_token_id for t in out.prompt_token_ids) == sum(want["kept"])
+        got = [records[(f"img-{n}", k)] for k in range(len(images))]
+        assert [(x["modality"], x["num_retain"], x["num_tokens"]) for x in got] == \
+            [("image", r, c) for c in want["kept"]]
+        got_views = [v for x in got for v in x["views"]]
+        assert [v["indices"] for v in got_views] == [idx.tolist() for idx in want["indices"]]
+        assert [v["from_similarity"] for v in got_views] == [fs.tolist() for fs in want["from_similarity"]]
+        assert all(len(v["indices"]) <= v["grid"][0] * v["grid"][1] for v in got_views)
         views += len(want["indices"])
     assert len(rec) == views  # every real view selected once (vLLM's padding views are not run)
 
@@ -238,13 +254,18 @@ def hf_video(tiny, clip, expressions, **settings) -> dict:
             "kept": kept}
 
 
-def test_videos_equal_transformers(llm, tiny):
+def test_videos_equal_transformers(llm, tiny, reports):
     cases = [(video(30), "the cat", 8), (video(31), ["a red car", "the sky"], 3)]
-    outs, rec = generate_recorded(llm, [video_request(c, e, num_retain=r) for c, e, r in cases])
+    outs, rec = generate_recorded(llm, [video_request(c, e, num_retain=r, report=f"vid-{n}")
+                                        for n, (c, e, r) in enumerate(cases)])
     assert len(rec) == FRAMES * len(cases)
-    for (clip, e, r), out in zip(cases, outs):
+    records = records_by_id(reports)
+    for n, ((clip, e, r), out) in enumerate(zip(cases, outs)):
         want = hf_video(tiny, clip, [e] if isinstance(e, str) else e, num_retain=r, image_newline="all")
         check_same(out, want, rec, r)
+        x = records[(f"vid-{n}", 0)]  # one view per frame, in the pooled frame's grid
+        assert (x["modality"], x["num_retain"], len(x["views"])) == ("video", r, FRAMES)
+        assert [v["indices"] for v in x["views"]] == [torch.as_tensor(i).tolist() for i in want["indices"]]
         assert want["kept"] == FRAMES * r + 1
 
 

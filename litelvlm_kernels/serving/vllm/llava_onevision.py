@@ -59,6 +59,7 @@ from ...selection.layouts.onevision import OneVision, max_views
 from ...selection.layouts.video import PooledVideo
 from .engine import ImageRows, check_rows, load_scorer_weights, scorer_selector
 from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin
+from .report import write_records
 from .selector import device_tensor
 
 EMBEDS_REFUSED = ("{}: LiteLVLM selects tokens from the vision tower's own states, so it needs the pixels, not "
@@ -184,6 +185,8 @@ class LiteLVLMLlavaOnevisionDummyInputsBuilder(LlavaOnevisionDummyInputsBuilder)
 class LiteLVLMLlavaOnevisionMultiModalProcessor(LiteLVLMProcessorMixin, LlavaOnevisionMultiModalProcessor):
     """Emits each item's kept count of placeholders and its text fields, per modality (``processing.py``)."""
 
+    litelvlm_reports = True  # the model writes the per-request records (report.py), images and videos
+
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMLlavaOnevisionMultiModalProcessor,
                                         info=LiteLVLMLlavaOnevisionProcessingInfo,
@@ -249,6 +252,10 @@ class LiteLVLMLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditiona
             for i, k in zip(mine, got_kept):
                 kept[i] = k
         self._record([r for r, n in zip(rows.budgets, views) for _ in range(n)], chosen)
+        # records: each view's indices row-major in its own rectangle of the image's final (unpadded) grid
+        write_records(self.litelvlm_settings.report_path, rows.reports,
+                      [chosen[a:z] for a, z in zip(starts, starts[1:])], rows.budgets, rows.counts,
+                      [geo["cell_grids"] for geo in geos])
         mode = self.litelvlm_settings.image_newline
         feats = [layout.assemble(geo, f, k, self.image_newline, mode) for geo, f, k in zip(geos, final, kept)]
         check_rows([f.shape[0] for f in feats], rows.counts)
@@ -263,13 +270,18 @@ class LiteLVLMLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditiona
         proj = self.apply_pooling(self.multi_modal_projector(states))  # as stock: project, then pool
         video = PooledVideo(pooled.shape[1], closing_newline=True)
         base, mode = self.litelvlm_settings.selection, self.litelvlm_settings.image_newline
-        starts, feats = [0, *itertools.accumulate(frames)], []
+        starts, feats, per_video = [0, *itertools.accumulate(frames)], [], []
+        side = round(pooled.shape[1] ** 0.5)  # the pooled frame's grid
         for b, (a, z) in enumerate(zip(starts, starts[1:])):  # one selection per video (its frames, its budget)
             chosen = video.select(pooled[a:z, :, :T].transpose(1, 2), pooled[a:z, :, T],
                                   None if num is None else num[a:z], 1,
                                   dataclasses.replace(base, num_retain=rows.budgets[b]))
             self._record([rows.budgets[b]] * len(chosen), chosen)
+            per_video.append(chosen)  # per frame, or one over the whole clip (video_budget="per_clip")
             feats += video.assemble(proj[a:z], chosen, 1, self.image_newline, mode)
+        # a record's view: a frame's side x side grid, or the clip's frames stacked (frame-major) for per_clip
+        write_records(self.litelvlm_settings.report_path, rows.reports, per_video, rows.budgets, rows.counts,
+                      [[(f // len(c) * side, side)] * len(c) for f, c in zip(frames, per_video)], modality="video")
         check_rows([f.shape[0] for f in feats], rows.counts)
         return feats
 
