@@ -88,8 +88,6 @@ class LiteLVLMLlavaDummyInputsBuilder(LlavaDummyInputsBuilder[LiteLVLMLlavaProce
 class LiteLVLMLlavaMultiModalProcessor(LiteLVLMProcessorMixin, LlavaMultiModalProcessor):
     """Emits R' placeholders per image and the per-image text fields (``processing.py``)."""
 
-    litelvlm_reports = True  # the model writes the per-request records (report.py)
-
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMLlavaMultiModalProcessor, info=LiteLVLMLlavaProcessingInfo,
                                         dummy_inputs=LiteLVLMLlavaDummyInputsBuilder)

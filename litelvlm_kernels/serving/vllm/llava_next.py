@@ -95,8 +95,6 @@ class LiteLVLMLlavaNextDummyInputsBuilder(LlavaDummyInputsBuilder[LiteLVLMLlavaN
 class LiteLVLMLlavaNextMultiModalProcessor(LiteLVLMProcessorMixin, LlavaNextMultiModalProcessor):
     """Emits each image's kept count of placeholders and its text fields (``processing.py``)."""
 
-    litelvlm_reports = True  # the model writes the per-request records (report.py)
-
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMLlavaNextMultiModalProcessor, info=LiteLVLMLlavaNextProcessingInfo,
                                         dummy_inputs=LiteLVLMLlavaNextDummyInputsBuilder)

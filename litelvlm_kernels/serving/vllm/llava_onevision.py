@@ -185,8 +185,6 @@ class LiteLVLMLlavaOnevisionDummyInputsBuilder(LlavaOnevisionDummyInputsBuilder)
 class LiteLVLMLlavaOnevisionMultiModalProcessor(LiteLVLMProcessorMixin, LlavaOnevisionMultiModalProcessor):
     """Emits each item's kept count of placeholders and its text fields, per modality (``processing.py``)."""
 
-    litelvlm_reports = True  # the model writes the per-request records (report.py), images and videos
-
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMLlavaOnevisionMultiModalProcessor,
                                         info=LiteLVLMLlavaOnevisionProcessingInfo,

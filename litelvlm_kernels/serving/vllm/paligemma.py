@@ -72,8 +72,6 @@ class LiteLVLMPaliGemmaDummyInputsBuilder(PaliGemmaDummyInputsBuilder):
 class LiteLVLMPaliGemmaMultiModalProcessor(LiteLVLMProcessorMixin, PaliGemmaMultiModalProcessor):
     """Inserts R' placeholders (+ <bos>) per image and adds the per-image text fields (``processing.py``)."""
 
-    litelvlm_reports = True  # the model writes the per-request records (report.py)
-
 
 @MULTIMODAL_REGISTRY.register_processor(LiteLVLMPaliGemmaMultiModalProcessor, info=LiteLVLMPaliGemmaProcessingInfo,
                                         dummy_inputs=LiteLVLMPaliGemmaDummyInputsBuilder)

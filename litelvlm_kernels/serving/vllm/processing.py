@@ -37,7 +37,15 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 
 from ...selection.kinds import engine_token_ids
 from . import checkpoint
-from .settings import CONFIG_KEY, EXPRESSION_KEY, REQUEST_KEYS, RequestOptions, request_options, settings_from_config
+from .settings import (
+    CONFIG_KEY,
+    EXPRESSION_KEY,
+    REQUEST_KEYS,
+    RequestOptions,
+    request_options,
+    request_report,
+    settings_from_config,
+)
 
 # per modality: (prefix of our fields, the vLLM modality)
 FIELDS = {"image": "litelvlm_", "video": "litelvlm_video_"}
@@ -127,16 +135,13 @@ class LiteLVLMProcessorMixin:
         finally:
             _BUDGET.reset(token)
 
-    # a family whose model writes the per-request records (report.py) sets this; the others refuse the key
-    litelvlm_reports = False
-
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         refuse_embeddings(mm_items)  # every family selects from the tower's own states: it needs the images
         return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs: Mapping[str, object]):
         opts = self.info.request_options(hf_kwargs)
-        report = self.litelvlm_report_id(hf_kwargs)
+        report = request_report(self.info.settings(), hf_kwargs)  # every family's model writes the records
         out = super()._apply_hf_processor_main(mm_items, {k: v for k, v in hf_kwargs.items()
                                                           if k not in REQUEST_KEYS})
         ids = None
@@ -153,16 +158,6 @@ class LiteLVLMProcessorMixin:
                                          dtype=torch.int64)
             self.litelvlm_item_fields(out, modality, mm_items, hf_kwargs, report)
         return out
-
-    def litelvlm_report_id(self, hf_kwargs: Mapping[str, object]):
-        """The request's report id (``settings.request_report``), refused by name where the family writes none."""
-        from .settings import REPORT_KEY, request_report
-
-        rid = request_report(self.info.settings(), hf_kwargs)
-        if rid is not None and not self.litelvlm_reports:
-            raise ValueError(f"mm_processor_kwargs.{REPORT_KEY}: this model family writes no kept-index records "
-                             "yet (docs/serving.md)")
-        return rid
 
     def litelvlm_item_fields(self, out, modality: str, mm_items, hf_kwargs: Mapping[str, object], report) -> None:
         """Per item: the key of the image alone (vLLM's hash of the item and the processor kwargs but ours) and the

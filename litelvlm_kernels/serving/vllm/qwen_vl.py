@@ -33,7 +33,7 @@ import torch
 from ...selection.layouts.merged_grid import merged_grid
 from ...selection.settings import kept_count
 from . import checkpoint
-from .engine import ImageRows, check_rows, load_scorer_weights
+from .engine import ImageRows, check_rows, load_scorer_weights, pixel_input
 from .paired import PairedSelector
 from .processing import LiteLVLMInfoMixin, LiteLVLMProcessorMixin, field_names, refuse_embeddings
 from .report import write_records
@@ -186,8 +186,6 @@ class QwenInfoMixin(LiteLVLMInfoMixin):
 class QwenProcessorMixin(LiteLVLMProcessorMixin):
     """On a Qwen ``MultiModalProcessor``: R' image tokens per image (``litelvlm_meta``), videos refused."""
 
-    litelvlm_reports = True  # the model writes the per-request records (report.py)
-
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         refuse_embeddings(mm_items)
         if mm_items.get_count("video", strict=False):
@@ -235,12 +233,10 @@ class QwenModelMixin:
                                self.config.image_token_id)
 
     def embed_multimodal(self, **kwargs: object):
-        if kwargs.get("image_embeds") is not None:
-            raise ValueError("image_embeds: LiteLVLM needs the images themselves (its scorer reads their pixels)")
         for key in ("pixel_values_videos", "video_embeds"):
             if kwargs.get(key) is not None:
                 raise ValueError(f"{key}: {VIDEO_REFUSED}")
-        image_input = self._parse_and_validate_image_input(**kwargs)
+        image_input = pixel_input(self, kwargs)
         if image_input is None:
             return []
         feats = self._process_image_input(image_input)  # per image [N_i, D] (Qwen3-VL: D = main + DeepStack)

@@ -25,8 +25,8 @@ Per request (``mm_processor_kwargs``; on the OpenAI-compatible server only with
 * ``retain_ratio``: Qwen2.5-VL / Qwen3-VL only (``qwen_vl.py``, which also gives ``num_retain`` its own
   range there); refused by name for the other families.
 * ``report``: a str id (1-128 printable characters): the model appends one JSON line per selected image,
-  keyed by it, to ``litelvlm.report_path`` (``report.py``); refused without that setting, and by families
-  that write no records.
+  keyed by it, to ``litelvlm.report_path`` (``report.py``; every family writes them); refused without that
+  setting.
 
 Engine keys besides the selection's: ``tower_cache`` (images whose tower states are kept across
 expressions, default 32, 0 = off; ``tower_cache.py``), ``tower_batch`` (views per tower call, default the
