@@ -45,7 +45,7 @@ from .vllm_engine import (
     sampling,
     take_timers,
 )
-from .vllm_rows import engines_line, load_line
+from .vllm_rows import header, load_line
 
 FULL = dict(tower="qwen2.5-vl", llm="qwen2-1.5b", scorer="vit-b-16", sizes=[224, 448, 672], retain=[64],
             requests=3, max_tokens=8, kv_gib=2, warmup=1, micro_rounds=2)
@@ -156,12 +156,12 @@ def markdown(rows, args, runtime_s: float, plot: str | None) -> str:
     serving = [r for r in rows if r["op"] == "vllm_qwen_serving"]
     scorer = [r for r in rows if r["op"] == "vllm_qwen_scorer"]
     r0 = serving[0]
-    lines = [f"# Qwen2.5-VL in vLLM with the paired scorer on {r0['device']} (commit {r0['commit']})", "",
-             f"{engines_line(args, r0)}. Random weights: Qwen2.5-VL's vision tower ({r0['tower_params_m']} M "
-             f"parameters) + a {r0['shape']['llm']} LLM ({r0['llm_params_m']} M), paired with a CLIP "
-             f"{r0['shape']['scorer']} scorer ({r0['scorer_params_m']} M). Per size: {args.requests} requests at once "
-             f"(one square image each, {args.max_tokens} new tokens, greedy) after a warm-up; KV cache "
-             f"{args.kv_gib} GiB. {load_line(serving)} Run: {runtime_s / 60:.1f} min.", "",
+    lines = header("Qwen2.5-VL in vLLM with the paired scorer", args, r0, (
+        f". Random weights: Qwen2.5-VL's vision tower ({r0['tower_params_m']} M parameters) + a {r0['shape']['llm']} "
+        f"LLM ({r0['llm_params_m']} M), paired with a CLIP {r0['shape']['scorer']} scorer ({r0['scorer_params_m']} "
+        f"M). Per size: {args.requests} requests at once (one square image each, {args.max_tokens} new tokens, "
+        f"greedy) after a warm-up; KV cache {args.kv_gib} GiB. {load_line(serving)} Run: {runtime_s / 60:.1f} min."
+    )) + [
              "| image | tokens N | R | stock req/s | LiteLVLM req/s | speed-up | scorer share of the encoder step "
              "(batch / one image) |", "|---|---|---|---|---|---|---|"]
     for size, n, r, st, lite, sp, share, b1 in summary(rows):

@@ -164,10 +164,12 @@ def targets(rows) -> list:
 # --------------------------------------------------------------------------------------------- markdown
 
 
-def engines_line(args, r0: dict) -> str:
-    """How the engines ran (both vLLM benchmarks' tables start with it)."""
-    return (f"`{args.command}`: vLLM {r0['vllm']} (CPU), torch {r0['torch']}, {r0['dtype']}, eager, in-process "
-            "engines one at a time")
+def header(title: str, args, r0: dict, about: str) -> list:
+    """The first lines of both vLLM benchmarks' tables: the title with the device and commit, then how the
+    engines ran and ``about`` (the model, the requests, the load)."""
+    return [f"# {title} on {r0['device']} (commit {r0['commit']})", "",
+            f"`{args.command}`: vLLM {r0['vllm']} (CPU), torch {r0['torch']}, {r0['dtype']}, eager, in-process "
+            f"engines one at a time{about}", ""]
 
 
 def load_line(serving: list) -> str:
@@ -180,12 +182,11 @@ def markdown(rows: list, args, runtime_s: float) -> str:
     serving = [r for r in rows if r["op"] == "vllm_serving"]
     enc = [r for r in rows if r["op"] == "vllm_encoder"]
     r0 = serving[0]
-    lines = [f"# vLLM serving on {r0['device']} (commit {r0['commit']})", "",
-             f"{engines_line(args, r0)}, prefix caching on. Model: random weights, CLIP {r0['shape']['tower']} tower "
-             f"({r0['tower_params_m']} M parameters) + {r0['shape']['llm']} LLM ({r0['llm_params_m']} M "
-             f"parameters). Each workload's requests (one image each, {args.max_tokens} new tokens, greedy) "
-             f"submitted at once after a warm-up; KV cache {args.kv_gib} GiB. {load_line(serving)}"
-             f" Full run: {runtime_s / 60:.1f} min.", "",
+    lines = header("vLLM serving", args, r0, (
+        f", prefix caching on. Model: random weights, CLIP {r0['shape']['tower']} tower ({r0['tower_params_m']} M "
+        f"parameters) + {r0['shape']['llm']} LLM ({r0['llm_params_m']} M parameters). Each workload's requests (one "
+        f"image each, {args.max_tokens} new tokens, greedy) submitted at once after a warm-up; KV cache "
+        f"{args.kv_gib} GiB. {load_line(serving)} Full run: {runtime_s / 60:.1f} min.")) + [
              "Workloads: `llava-1.5 1q` one question per 336 px image; `llava-1.5 3q` three questions per image "
              "(stock encodes the image once and reuses its KV; the plugin's tower runs once per image); "
              "`llava-next 1q` one question per 672 x 672 image (base view + 2 x 2 tiles: 2928 placeholders stock, "
